@@ -1,0 +1,245 @@
+"""Steps: plain Python functions with named outputs and resource needs.
+
+A step is the unit a workflow is made of.  It stays callable as the plain function
+(so it can be tested and used interactively), and ``.callable`` is the raw function,
+which is what other steps should call inside their own code.
+
+>>> @step(returns="geo")
+... def make_geometry(x: float, y: float) -> tuple[float, float]:
+...     return (x, y)
+>>> make_geometry.parameters, make_geometry.returns
+(('x', 'y'), ('geo',))
+>>> make_geometry(1.0, 2.0)
+(1.0, 2.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, overload
+
+__all__ = ["Resources", "Step", "step"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
+_WALLTIME = re.compile(r"(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)")
+_MEMORY_FACTORS = {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one call of a step needs: cores, memory (MB) and walltime (seconds).
+
+    Built from the ``resources=`` dict of :func:`step`, which takes ``cores`` (int > 0),
+    ``memory`` (``"500MB"``, ``"4GB"``) and ``walltime`` (``"01:00:00"`` or ``"1-00:00:00"``).
+    """
+
+    cores: int | None = None
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+
+    @classmethod
+    def from_dict(cls, resources: Mapping[str, Any] | None, owner: str) -> Resources:
+        if resources is None:
+            return cls()
+        if not isinstance(resources, Mapping):
+            raise TypeError(
+                f"resources of step {owner!r} must be a dict such as "
+                f"{{'cores': 2, 'memory': '4GB'}}, not {resources!r}"
+            )
+        unknown = sorted(set(resources) - {"cores", "memory", "walltime"})
+        if unknown:
+            raise ValueError(
+                f"step {owner!r}: unknown resource(s) {', '.join(map(repr, unknown))}; "
+                "use 'cores' (int > 0), 'memory' (e.g. '4GB') and 'walltime' (e.g. '01:00:00')"
+            )
+        cores = resources.get("cores")
+        if cores is not None and (
+            isinstance(cores, bool) or not isinstance(cores, int) or cores <= 0
+        ):
+            raise ValueError(f"step {owner!r}: 'cores' must be an int > 0, not {cores!r}")
+        memory = resources.get("memory")
+        memory_mb = None if memory is None else parse_memory(memory, owner)
+        walltime = resources.get("walltime")
+        walltime_s = None if walltime is None else parse_walltime(walltime, owner)
+        return cls(cores, memory_mb, walltime_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resources as the user would write them (only the ones that are set)."""
+        out: dict[str, Any] = {}
+        if self.cores is not None:
+            out["cores"] = self.cores
+        if self.memory_mb is not None:
+            out["memory"] = f"{self.memory_mb}MB"
+        if self.walltime_s is not None:
+            out["walltime"] = format_walltime(self.walltime_s)
+        return out
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.cores, self.memory_mb, self.walltime_s))
+
+
+def parse_memory(memory: Any, owner: str = "?") -> int:
+    """``"4GB"`` -> 4096 (MB).  A bare number is taken as MB."""
+    if isinstance(memory, int | float) and not isinstance(memory, bool) and memory > 0:
+        return int(memory)
+    m = _MEMORY.fullmatch(memory) if isinstance(memory, str) else None
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(
+            f"step {owner!r}: 'memory' must look like '500MB' or '4GB', not {memory!r}"
+        )
+    return max(1, int(float(m.group(1)) * _MEMORY_FACTORS[m.group(2).upper()]))
+
+
+def parse_walltime(walltime: Any, owner: str = "?") -> int:
+    """``"01:30:00"`` -> 5400 (seconds); ``"1-00:00:00"`` is a day."""
+    m = _WALLTIME.fullmatch(walltime) if isinstance(walltime, str) else None
+    if not m:
+        raise ValueError(
+            f"step {owner!r}: 'walltime' must look like 'HH:MM:SS' or 'D-HH:MM:SS', "
+            f"not {walltime!r}"
+        )
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"step {owner!r}: 'walltime' must be positive, not {walltime!r}")
+    return total
+
+
+def format_walltime(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class Step:
+    """A function marked as a workflow step; build one with :func:`step`.
+
+    Attributes: ``name``, ``parameters`` (names, in signature order), ``returns`` (output
+    names), ``resources`` (:class:`Resources`), ``callable`` (the raw function), and
+    ``defaults`` (parameters that have default values).
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        returns: str | tuple[str, ...] = "_return_value",
+        resources: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(func, Step):
+            func = func.callable
+        if not callable(func):
+            raise TypeError(f"step() needs a function, not {func!r}")
+        self.callable = func
+        self.name: str = getattr(func, "__name__", type(func).__name__)
+        self.returns = _check_returns(returns, self.name)
+        self.parameters, self.defaults = _check_signature(func, self.name)
+        self.resources = Resources.from_dict(resources, self.name)
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.callable(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        res = f", resources={self.resources.as_dict()}" if self.resources else ""
+        return f"step({self.name}({', '.join(self.parameters)}) -> {', '.join(self.returns)}{res})"
+
+    def output_values(self, result: Any) -> dict[str, Any]:
+        """Split what the function returned into its named outputs.
+
+        A step with several returns must return a tuple of that length; anything else is
+        a missing-output error (exit code 403).
+        """
+        if len(self.returns) == 1:
+            return {self.returns[0]: result}
+        if not isinstance(result, tuple) or len(result) != len(self.returns):
+            got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+            raise MissingOutputError(
+                f"step {self.name!r} declares returns={self.returns} and must return a tuple "
+                f"of {len(self.returns)} values, but it returned {got}"
+            )
+        return dict(zip(self.returns, result, strict=True))
+
+
+class MissingOutputError(Exception):
+    """A step returned fewer or other outputs than it declares (exit code 403)."""
+
+
+def _check_returns(returns: Any, owner: str) -> tuple[str, ...]:
+    names = (returns,) if isinstance(returns, str) else returns
+    if not isinstance(names, tuple | list) or not names:
+        raise TypeError(
+            f"step {owner!r}: returns must be a name or a tuple of names, not {returns!r}"
+        )
+    for n in names:
+        if not isinstance(n, str) or not _IDENT.fullmatch(n):
+            raise ValueError(
+                f"step {owner!r}: output name {n!r} is not a valid identifier; outputs are "
+                "referred to by name, so use names such as 'mesh'"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"step {owner!r}: returns {tuple(names)} names an output twice")
+    return tuple(names)
+
+
+def _check_signature(func: Callable[..., Any], owner: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"step {owner!r}: cannot read the function's signature ({e})") from None
+    names: list[str] = []
+    defaults: set[str] = set()
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(
+                f"step {owner!r} takes {p}: workflows pass inputs by name, so a step must "
+                "list every parameter it reads explicitly (no *args or **kwargs)"
+            )
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TypeError(
+                f"step {owner!r}: parameter {p.name!r} is positional-only, but workflows pass "
+                "every input by name; remove the '/' from the signature"
+            )
+        names.append(p.name)
+        if p.default is not p.empty:
+            defaults.add(p.name)
+    return tuple(names), frozenset(defaults)
+
+
+@overload
+def step(
+    func: Callable[..., Any],
+    *,
+    returns: str | tuple[str, ...] = ...,
+    resources: Mapping[str, Any] | None = ...,
+) -> Step: ...
+
+
+@overload
+def step(
+    func: None = None,
+    *,
+    returns: str | tuple[str, ...] = ...,
+    resources: Mapping[str, Any] | None = ...,
+) -> Callable[[Callable[..., Any]], Step]: ...
+
+
+def step(
+    func: Callable[..., Any] | None = None,
+    *,
+    returns: str | tuple[str, ...] = "_return_value",
+    resources: Mapping[str, Any] | None = None,
+) -> Step | Callable[[Callable[..., Any]], Step]:
+    """Mark a function as a workflow step.
+
+    Use as ``@step``, ``@step(returns="geo")`` or ``step(f, returns=("a", "b"))``.
+    ``returns`` names the outputs; a tuple means the function returns a tuple of that
+    many values.  ``resources`` (``cores``, ``memory``, ``walltime``) tells the engine
+    where each call must run.
+    """
+    if func is None:
+        return lambda f: Step(f, returns=returns, resources=resources)
+    return Step(func, returns=returns, resources=resources)

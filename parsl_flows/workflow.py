@@ -1,0 +1,650 @@
+"""The plan: steps composed with ``then``, ``concurrently``, ``map_`` and ``join``.
+
+A workflow is an immutable, ordered list of stages.  Each stage holds one node (a
+plain call of a step, or a map of a step over arrays) or several nodes that run side
+by side.  Data flows by name: a node reads its parameters from the run's context (the
+inputs plus every output produced by earlier stages) and adds its outputs to it.
+Building a plan never runs anything; every method returns a new plan.
+
+>>> from parsl_flows import step
+>>> @step(returns="y")
+... def double(x):
+...     return 2 * x
+>>> @step(returns="total")
+... def add_up(y):
+...     return sum(y.to_array())
+>>> flow = new_workflow("demo").then(map_(double, "x[i] -> y[i]")).then(add_up)
+>>> sorted(flow.parameters), sorted(flow.all_outputs)
+(['x'], ['total', 'y'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .mapspec import MapSpec, MapSpecError
+from .step import Step
+
+__all__ = [
+    "Builder",
+    "Call",
+    "Inputs",
+    "Map",
+    "Workflow",
+    "build",
+    "concurrently",
+    "first",
+    "map_",
+    "new_workflow",
+]
+
+
+# -- nodes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a step on the run's context.
+
+    ``max_restarts`` is the number of attempts in total (1: no restart); ``retry_on``
+    limits which exception types are retried (``None``: all of them).
+    """
+
+    step: Step
+    max_restarts: int = 1
+    retry_on: tuple[type[BaseException], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.step, Step):
+            raise TypeError(
+                f"expected a step (a function decorated with @step), not {self.step!r}"
+            )
+        _check_restarts(self.max_restarts, self.step.name)
+        if self.retry_on is not None:
+            types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
+            for t in types:
+                if not (isinstance(t, type) and issubclass(t, BaseException)):
+                    raise TypeError(
+                        f"retry_on of step {self.step.name!r} must hold exception types, "
+                        f"not {t!r}"
+                    )
+            object.__setattr__(self, "retry_on", types)
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.step.parameters
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.step.returns
+
+    @property
+    def is_map(self) -> bool:
+        return False
+
+    def with_step(self, new: Step) -> Call:
+        return dataclasses.replace(self, step=new)
+
+
+@dataclass(frozen=True)
+class Map(Call):
+    """A step mapped over arrays as its ``mapspec`` says; one task per chunk of elements."""
+
+    mapspec: MapSpec = None  # type: ignore[assignment]
+    chunksize: int | str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        spec = self.mapspec
+        if isinstance(spec, str):
+            spec = MapSpec.from_string(spec)
+            object.__setattr__(self, "mapspec", spec)
+        if not isinstance(spec, MapSpec):
+            raise TypeError(f"map_ of step {self.step.name!r} needs a mapspec string")
+        unknown = [n for n in spec.input_names if n not in self.step.parameters]
+        if unknown:
+            raise ValueError(
+                f"mapspec '{spec}' maps over {', '.join(map(repr, unknown))}, but step "
+                f"{self.step.name!r} has no such parameter (it takes "
+                f"{', '.join(self.step.parameters) or 'no parameters'})"
+            )
+        if set(spec.output_names) != set(self.step.returns):
+            raise ValueError(
+                f"mapspec '{spec}' names outputs {', '.join(spec.output_names)}, but step "
+                f"{self.step.name!r} returns {', '.join(self.step.returns)}; the outputs of "
+                "the mapspec must be exactly the step's returns"
+            )
+        cs = self.chunksize
+        if cs != "auto" and (isinstance(cs, bool) or not isinstance(cs, int) or cs < 1):
+            raise ValueError(
+                f"chunksize of map {self.step.name!r} must be 'auto' or an int >= 1, not {cs!r}"
+            )
+
+    @property
+    def is_map(self) -> bool:
+        return True
+
+    @property
+    def mapped_parameters(self) -> tuple[str, ...]:
+        return self.mapspec.input_names
+
+
+def _check_restarts(n: Any, owner: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(
+            f"max_restarts of step {owner!r} is the number of attempts in total and must be "
+            f"an int >= 1, not {n!r}"
+        )
+
+
+def map_(
+    step: Step,
+    mapspec: str | MapSpec,
+    *,
+    max_restarts: int = 1,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    chunksize: int | str = "auto",
+) -> Map:
+    """Map ``step`` over arrays: ``map_(f, "x[i], y[j] -> z[i, j]")``.
+
+    Every element runs independently; failed elements are masked in the output.
+    ``max_restarts`` is the number of attempts in total for failed elements.
+    """
+    if not isinstance(step, Step):
+        raise TypeError(f"map_ needs a step (decorate the function with @step), not {step!r}")
+    spec = mapspec if isinstance(mapspec, MapSpec) else MapSpec.from_string(mapspec)
+    types = retry_on if retry_on is None or isinstance(retry_on, tuple) else (retry_on,)
+    return Map(step, max_restarts, types, spec, chunksize)
+
+
+@dataclass(frozen=True)
+class Concurrently:
+    """Nodes that run side by side; none reads what another writes."""
+
+    nodes: tuple[Call, ...]
+
+
+def concurrently(*steps: Step | Call) -> Concurrently:
+    """Run several steps (or maps) at the same time: ``concurrently(make_mesh, make_materials)``."""
+    if len(steps) < 2:
+        raise ValueError("concurrently() needs at least two steps; use .then(step) for one")
+    nodes = tuple(_as_node(s) for s in steps)
+    seen: dict[str, str] = {}
+    for node in nodes:
+        for out in node.outputs:
+            if out in seen:
+                raise ValueError(
+                    f"concurrently(): {node.name!r} and {seen[out]!r} both produce {out!r}"
+                )
+            seen[out] = node.name
+    for node in nodes:
+        for p in node.parameters:
+            if p in seen and seen[p] != node.name:
+                raise ValueError(
+                    f"concurrently(): {node.name!r} reads {p!r}, which {seen[p]!r} produces; "
+                    f"steps that depend on each other cannot run at the same time, so put "
+                    f"{node.name!r} in a later .then()"
+                )
+    return Concurrently(nodes)
+
+
+def _as_node(x: Any) -> Call:
+    if isinstance(x, Call):
+        return x
+    if isinstance(x, Step):
+        return Call(x)
+    raise TypeError(
+        f"expected a step, map_(...) or concurrently(...), not {x!r}; decorate functions "
+        "with @step first"
+    )
+
+
+# -- the workflow --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An immutable plan.  Make one with :func:`new_workflow` or :func:`first`."""
+
+    name: str
+    stages: tuple[tuple[Call, ...], ...] = ()
+    return_mapping: tuple[tuple[str, str], ...] | None = None  # (exposed name, output)
+    environment: Any = None
+
+    # -- composition -----------------------------------------------------------------------
+
+    def then(self, x: Step | Call | Concurrently | Workflow) -> Workflow:
+        """A new plan with ``x`` (a step, map, concurrently(...) or workflow) appended."""
+        if isinstance(x, Workflow):
+            new_stages = x.stages
+        elif isinstance(x, Concurrently):
+            new_stages = (x.nodes,)
+        else:
+            new_stages = ((_as_node(x),),)
+        flow = self
+        for stage in new_stages:
+            flow = flow._append(stage)
+        return flow
+
+    def join(self, other: Workflow) -> Workflow:
+        """A new plan with all of ``other``'s stages after this one's."""
+        if not isinstance(other, Workflow):
+            raise TypeError(f"join() takes a workflow, not {other!r}; use then() for steps")
+        return self.then(other)
+
+    def _append(self, stage: tuple[Call, ...]) -> Workflow:
+        produced = {out: n.name for n in self.nodes for out in n.outputs}
+        names = {n.name for n in self.nodes}
+        for node in stage:
+            if node.name in names:
+                raise ValueError(
+                    f"workflow {self.name!r} already has a step named {node.name!r}; each step "
+                    "may appear once (wrap the function again with step(...) under another name)"
+                )
+            for out in node.outputs:
+                if out in produced:
+                    raise ValueError(
+                        f"step {node.name!r} produces {out!r}, which step {produced[out]!r} "
+                        f"already produces in workflow {self.name!r}; every output name must "
+                        "be produced once"
+                    )
+                consumers = [n.name for n in self.nodes if out in n.parameters]
+                if consumers:
+                    raise ValueError(
+                        f"step {consumers[0]!r} reads {out!r}, which is produced only later "
+                        f"by {node.name!r}; move {node.name!r} before {consumers[0]!r}"
+                    )
+        return dataclasses.replace(self, stages=(*self.stages, stage))
+
+    def returning(self, *names: str, **renames: str) -> Workflow:
+        """Choose the outputs the workflow returns: ``returning("a", b="b_as_returned")``."""
+        pairs = [(n, n) for n in names] + [(exposed, out) for out, exposed in renames.items()]
+        unknown = [out for _, out in pairs if out not in self.all_outputs]
+        if unknown:
+            raise ValueError(
+                f"workflow {self.name!r} cannot return {', '.join(map(repr, unknown))}: no "
+                f"step produces it (outputs: {', '.join(sorted(self.all_outputs))})"
+            )
+        exposed = [e for e, _ in pairs]
+        if len(set(exposed)) != len(exposed):
+            raise ValueError(f"returning(): a returned name appears twice in {exposed}")
+        return dataclasses.replace(self, return_mapping=tuple(pairs))
+
+    def rename(self, name: str) -> Workflow:
+        """The same plan under another name."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a workflow name must be a non-empty string, not {name!r}")
+        return dataclasses.replace(self, name=name)
+
+    def replace_steps(self, replacements: Mapping[Step | str, Step]) -> Workflow:
+        """Swap steps for new ones that take (at least) the same inputs and return the same.
+
+        Extra parameters of the new step become new workflow parameters.
+        """
+        todo = dict(replacements)
+        new_stages = []
+        for stage in self.stages:
+            new_nodes = []
+            for node in stage:
+                key = _find_key(todo, node.step)
+                if key is not None:
+                    new = todo.pop(key)
+                    _check_replacement(node, new)
+                    node = node.with_step(new)
+                new_nodes.append(node)
+            new_stages.append(tuple(new_nodes))
+        if todo:
+            raise ValueError(
+                f"replace_steps(): workflow {self.name!r} has no step "
+                f"{', '.join(repr(_label(k)) for k in todo)} (steps: {', '.join(self.step_names)})"
+            )
+        return self._rebuilt(new_stages)
+
+    def with_restarts(self, restarts: Mapping[Step | str, int]) -> Workflow:
+        """Allow up to ``n`` attempts in total for the given steps: ``{get_charge: 5}``."""
+        todo = dict(restarts)
+        new_stages = []
+        for stage in self.stages:
+            new_nodes = []
+            for node in stage:
+                key = _find_key(todo, node.step)
+                if key is not None:
+                    n = todo.pop(key)
+                    _check_restarts(n, node.name)
+                    node = dataclasses.replace(node, max_restarts=n)
+                new_nodes.append(node)
+            new_stages.append(tuple(new_nodes))
+        if todo:
+            raise ValueError(
+                f"with_restarts(): workflow {self.name!r} has no step "
+                f"{', '.join(repr(_label(k)) for k in todo)} (steps: {', '.join(self.step_names)})"
+            )
+        return self._rebuilt(new_stages)
+
+    def _rebuilt(self, stages: Iterable[tuple[Call, ...]]) -> Workflow:
+        """Re-validate a plan whose nodes changed, by appending its stages afresh."""
+        flow = dataclasses.replace(self, stages=())
+        for stage in stages:
+            flow = flow._append(stage)
+        return flow
+
+    def on(self, environment: Any) -> Workflow:
+        """The same plan, to run in ``environment`` (see ``flows.engine.execution_environment``)."""
+        if environment is None:
+            raise ValueError("on() needs an execution environment, not None")
+        return dataclasses.replace(self, environment=environment)
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> tuple[Call, ...]:
+        """Every call and map, in plan order."""
+        return tuple(n for stage in self.stages for n in stage)
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+    def node(self, name: str | Step) -> Call:
+        for n in self.nodes:
+            if n.step is name or n.name == name:
+                return n
+        raise KeyError(f"workflow {self.name!r} has no step {_label(name)!r}")
+
+    @property
+    def all_outputs(self) -> frozenset[str]:
+        """Every output name some step of the plan produces."""
+        return frozenset(out for n in self.nodes for out in n.outputs)
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        """The inputs the plan needs: every step parameter that no step produces."""
+        return frozenset(self.parameter_order)
+
+    @property
+    def parameter_order(self) -> tuple[str, ...]:
+        """The parameters in the order steps first read them."""
+        outputs = self.all_outputs
+        seen: dict[str, None] = {}
+        for n in self.nodes:
+            for p in n.parameters:
+                if p not in outputs:
+                    seen.setdefault(p)
+        return tuple(seen)
+
+    @property
+    def required_parameters(self) -> frozenset[str]:
+        """Parameters that some step reads and that have no default there."""
+        return frozenset(
+            p for n in self.nodes for p in n.parameters
+            if p in self.parameters and p not in n.step.defaults
+        )
+
+    @property
+    def mapped_parameters(self) -> frozenset[str]:
+        """Parameters that some map iterates over: they must be sequences or arrays."""
+        return frozenset(
+            p for n in self.nodes if isinstance(n, Map) for p in n.mapped_parameters
+            if p in self.parameters
+        )
+
+    @property
+    def returns(self) -> tuple[str, ...]:
+        """The names under which the workflow returns outputs (all outputs by default)."""
+        return tuple(e for e, _ in self.returned_outputs)
+
+    @property
+    def returned_outputs(self) -> tuple[tuple[str, str], ...]:
+        """``(returned name, output name)`` pairs."""
+        if self.return_mapping is None:
+            return tuple((o, o) for n in self.nodes for o in n.outputs)
+        return self.return_mapping
+
+    def producers(self) -> dict[str, Call]:
+        """Which node produces each output."""
+        return {out: n for n in self.nodes for out in n.outputs}
+
+    def __iter__(self) -> Iterator[Call]:
+        return iter(self.nodes)
+
+    def __repr__(self) -> str:
+        stages = []
+        for stage in self.stages:
+            parts = [
+                f"map_({n.name}, '{n.mapspec}')" if isinstance(n, Map) else n.name for n in stage
+            ]
+            stages.append(parts[0] if len(parts) == 1 else f"concurrently({', '.join(parts)})")
+        return f"<Workflow {self.name!r}: {' -> '.join(stages) or '(empty)'}>"
+
+    def visualize(self, as_png: bool = False, filename: str | None = None) -> Any:
+        """Draw the plan with graphviz: steps are boxes, data ovals, maps red, inputs grey.
+
+        Returns a ``graphviz.Digraph``; ``as_png=True`` gives a picture a notebook shows;
+        ``filename="plan.png"`` (or .svg, .pdf) writes the picture there.
+        """
+        from .visualize import plan_graph, render
+
+        return render(plan_graph(self), as_png=as_png, filename=filename)
+
+
+def _find_key(todo: Mapping[Step | str, Any], step: Step) -> Step | str | None:
+    for k in todo:
+        if k is step or (isinstance(k, str) and k == step.name):
+            return k
+    return None
+
+
+def _label(k: Any) -> str:
+    return k.name if isinstance(k, Step) else str(k)
+
+
+def _check_replacement(node: Call, new: Step) -> None:
+    if not isinstance(new, Step):
+        raise TypeError(
+            f"replace_steps(): the replacement for {node.name!r} must be a step, not {new!r}"
+        )
+    if set(new.returns) != set(node.step.returns):
+        raise ValueError(
+            f"replace_steps(): {new.name!r} returns {new.returns}, but {node.name!r} returns "
+            f"{node.step.returns}; a replacement must return the same names"
+        )
+    needed = [p for p in node.step.parameters if p not in node.step.defaults]
+    if isinstance(node, Map):
+        needed += [p for p in node.mapped_parameters if p not in needed]
+    missing = [p for p in needed if p not in new.parameters]
+    if missing:
+        raise ValueError(
+            f"replace_steps(): {new.name!r} does not take {', '.join(map(repr, missing))}, "
+            f"which the plan gives to {node.name!r}; a replacement must accept every input "
+            "of the step it replaces"
+        )
+
+
+def new_workflow(name: str) -> Workflow:
+    """An empty plan called ``name``; add steps with ``.then(...)``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a workflow name must be a non-empty string, not {name!r}")
+    return Workflow(name)
+
+
+def first(x: Step | Call | Concurrently | Workflow) -> Workflow:
+    """A plan that starts with ``x``: ``first(map_(f, "x[i] -> y[i]")).then(g)``."""
+    if isinstance(x, Workflow):
+        return x
+    if isinstance(x, Concurrently):
+        name = "_".join(n.name for n in x.nodes)
+    else:
+        name = _as_node(x).name
+    return new_workflow(name).then(x)
+
+
+# -- building: a plan plus inputs ----------------------------------------------------------
+
+
+class Inputs(dict[str, Any]):
+    """The inputs of a built workflow; entries read and written as attributes too."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"no input {name!r} (inputs: {', '.join(self) or 'none'})"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+
+@dataclass
+class Builder:
+    """A workflow with its inputs, ready for ``flows.submit``.  Edit ``kwargs`` freely."""
+
+    workflow: Workflow
+    kwargs: Inputs
+
+    def validate(self) -> dict[str, tuple[int, ...]]:
+        """Check the inputs against the plan; return the shape of every map output."""
+        return validate_inputs(self.workflow, self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Builder {self.workflow.name!r} with inputs {', '.join(self.kwargs)}>"
+
+
+def build(workflow: Workflow, **inputs: Any) -> Builder:
+    """Pair a plan (given an environment with ``.on(env)``) with its inputs, checked now.
+
+    Raises ``ValueError`` for missing or surplus inputs, a plan without environment,
+    mapped inputs that are not sequences or arrays, and shapes the mapspecs reject.
+    """
+    if not isinstance(workflow, Workflow):
+        raise TypeError(f"build() takes a workflow, not {workflow!r}")
+    builder = Builder(workflow, Inputs(inputs))
+    builder.validate()
+    return builder
+
+
+def validate_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    if workflow.environment is None:
+        raise ValueError(
+            f"workflow {workflow.name!r} has no execution environment; build "
+            f"{workflow.name}.on(env) with env = flows.engine.execution_environment(None, "
+            "'localhost') or another environment"
+        )
+    missing = [p for p in workflow.parameter_order
+               if p in workflow.required_parameters and p not in inputs]
+    surplus = [k for k in inputs if k not in workflow.parameters]
+    problems = []
+    if missing:
+        problems.append(f"missing input(s) {', '.join(missing)}")
+    if surplus:
+        problems.append(f"unknown input(s) {', '.join(surplus)}")
+    if problems:
+        raise ValueError(
+            f"workflow {workflow.name!r}: {'; '.join(problems)}. It takes: "
+            f"{', '.join(workflow.parameter_order)}"
+        )
+    return map_shapes(workflow, inputs)
+
+
+def map_shapes(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every map output that can be known from the inputs alone.
+
+    Outputs of plain steps are only known at run time; maps over them are checked then.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for node in workflow.nodes:
+        if not isinstance(node, Map):
+            continue
+        spec = node.mapspec
+        in_shapes: dict[str, tuple[int, ...]] = {}
+        for arr in spec.inputs:
+            if arr.name in shapes:
+                in_shapes[arr.name] = shapes[arr.name]
+            elif arr.name in inputs:
+                try:
+                    in_shapes[arr.name] = mapped_shape(inputs[arr.name], arr.rank)
+                except ValueError as e:
+                    raise ValueError(f"input {arr.name!r} of map {node.name!r}: {e}") from None
+        if len(in_shapes) < len(spec.inputs):
+            continue
+        try:
+            out = spec.shape(in_shapes)
+        except MapSpecError as e:
+            raise ValueError(f"map {node.name!r}: {e}") from None
+        for name in spec.output_names:
+            shapes[name] = out
+    return shapes
+
+
+def _is_sequence(v: Any) -> bool:
+    return isinstance(v, list | tuple | range)
+
+
+def mapped_shape(value: Any, rank: int) -> tuple[int, ...]:
+    """The shape of a value a map iterates over, checked to have at least ``rank`` axes."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not np.isscalar(value):
+        shape = tuple(shape)
+        if len(shape) < rank:
+            raise ValueError(f"expected an array of rank {rank}, got shape {shape}")
+        return shape
+    return nested_shape(value, rank)
+
+
+def nested_shape(value: Any, rank: int) -> tuple[int, ...]:
+    """The shape of nested lists/tuples, ``rank`` levels deep; ragged nesting is an error."""
+    if not _is_sequence(value):
+        raise ValueError(
+            f"a mapped input must be a list, tuple or numpy array, not {type(value).__name__} "
+            f"({value!r:.60})"
+        )
+    shape: list[int] = []
+    level = [value]
+    for depth in range(rank):
+        lengths = set()
+        for v in level:
+            if not _is_sequence(v):
+                raise ValueError(
+                    f"expected nested sequences {rank} deep, found {type(v).__name__} at depth "
+                    f"{depth}"
+                )
+            lengths.add(len(v))
+        if len(lengths) > 1:
+            raise ValueError(f"ragged nesting: lengths {sorted(lengths)} at depth {depth}")
+        shape.append(lengths.pop() if lengths else 0)
+        level = [x for v in level for x in v]
+    return tuple(shape)
+
+
+def as_mapped_array(value: Any, rank: int) -> np.ndarray:
+    """``value`` as a numpy array whose first ``rank`` axes are the mapped ones.
+
+    Lists of numbers become numeric arrays; lists of anything else (tuples, objects)
+    become object arrays of exactly ``rank`` dimensions, so a tuple stays one element.
+    """
+    if isinstance(value, np.ndarray):
+        mapped_shape(value, rank)
+        return value
+    shape = nested_shape(value, rank)
+    flat: list[Any] = [value]
+    for _ in range(rank):
+        flat = [x for v in flat for x in v]
+    if flat and all(isinstance(x, int | float | complex | np.number) for x in flat):
+        return np.asarray(flat).reshape(shape)
+    arr = np.empty(len(flat), dtype=object)
+    for i, x in enumerate(flat):
+        arr[i] = x
+    return arr.reshape(shape)
