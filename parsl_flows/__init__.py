@@ -5,23 +5,35 @@
 >>> from parsl_flows.workflow import first, concurrently, map_, new_workflow
 """
 
-from . import mapspec, workflow
+from . import engine, mapspec, report, workflow
+from .engine import execution_environment, run, submit
 from .mapspec import MapSpec
+from .run import Run, StepRun, load_run
 from .step import Step, step
+from .store import FileBasedObjectArray
 from .workflow import build, concurrently, first, map_, new_workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FileBasedObjectArray",
     "MapSpec",
+    "Run",
     "Step",
+    "StepRun",
     "__version__",
     "build",
     "concurrently",
+    "engine",
+    "execution_environment",
     "first",
+    "load_run",
     "map_",
     "mapspec",
     "new_workflow",
+    "report",
+    "run",
     "step",
+    "submit",
     "workflow",
 ]

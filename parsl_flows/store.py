@@ -1,0 +1,220 @@
+"""The file-based store: a directory per run, a file per map element.
+
+Layout (DESIGN.md section 4)::
+
+    <store>/runs/<run-id>/
+      run.json                 plan summary, status, timestamps (written atomically)
+      plan.pickle              the plan with its environment (for resume and restart)
+      inputs/<name>.pickle     one pickle per input
+      log.txt                  the run's log
+      steps/<NN>-<name>/
+        status.json            exit code, counts, submitted elements, timings
+        step.pickle            the step's code, as the workers load it
+        log.txt
+        return_values/<output>/__<n>__.pickle
+        exception/__<n>__.pickle
+
+A missing element file means the element is masked.  Every write goes to a temporary
+name in the same folder and is renamed, so a crash never leaves a half-written file that
+reads as valid.  Loading pickles runs code: only open stores you trust.
+
+No Parsl here: workers and the driver both use these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+__all__ = [
+    "FileBasedObjectArray",
+    "default_store",
+    "element_path",
+    "load_pickle",
+    "present_indices",
+    "read_json",
+    "write_json",
+    "write_pickle",
+]
+
+STORE_ENV = "PARSL_FLOWS_STORE"
+_ELEMENT = re.compile(r"__(\d+)__\.pickle")
+
+
+def default_store(store: str | os.PathLike[str] | None = None) -> Path:
+    """The store to use: ``store`` if given, else ``$PARSL_FLOWS_STORE``, else ``./parsl-flows-store``."""
+    if store is None:
+        store = os.environ.get(STORE_ENV) or "parsl-flows-store"
+    return Path(store).expanduser().resolve()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_pickle(path: Path, value: Any) -> None:
+    """Pickle ``value`` to ``path`` atomically (cloudpickle, so lambdas and classes travel)."""
+    _atomic_write(path, cloudpickle.dumps(value))
+
+
+def load_pickle(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    _atomic_write(path, json.dumps(record, indent=1, default=_json_default).encode())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot write {type(x).__name__} to JSON")
+
+
+def element_path(folder: Path, n: int) -> Path:
+    """The file of element ``n`` (C order) in an array folder."""
+    return folder / f"__{n}__.pickle"
+
+
+def present_indices(folder: Path) -> np.ndarray:
+    """The linear indices that have a file in ``folder`` (one directory listing)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return np.empty(0, dtype=np.int64)
+    found = [int(m.group(1)) for name in names if (m := _ELEMENT.fullmatch(name))]
+    return np.array(sorted(found), dtype=np.int64)
+
+
+class FileBasedObjectArray:
+    """An array whose elements are pickle files in a folder; missing files are masked.
+
+    Nothing is loaded until asked for: ``.mask`` lists the folder once, ``arr[i, j]``
+    loads one element, ``.to_array()`` loads them all into a numpy masked array.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_pickle(element_path(folder, 1), 2.5)
+    >>> arr = FileBasedObjectArray(folder, (2,))
+    >>> arr.mask.tolist(), arr[1], arr.to_array().tolist()
+    ([True, False], 2.5, [None, 2.5])
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], shape: Iterable[int]) -> None:
+        self.folder = Path(folder)
+        self.shape = tuple(int(s) for s in shape)
+
+    def __repr__(self) -> str:
+        return f"FileBasedObjectArray(shape={self.shape}, folder='{self.folder}')"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """True where an element has no file (failed, skipped or not yet done)."""
+        mask = np.ones(self.size, dtype=bool)
+        mask[present_indices(self.folder)] = False
+        return mask.reshape(self.shape)
+
+    def present(self) -> np.ndarray:
+        """The linear indices of the elements that exist."""
+        return present_indices(self.folder)
+
+    def _load(self, n: int) -> Any:
+        try:
+            return load_pickle(element_path(self.folder, n))
+        except FileNotFoundError:
+            return np.ma.masked
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) == len(self.shape) and all(isinstance(k, int | np.integer) for k in key):
+            idx = tuple(int(k) + (s if k < 0 else 0) for k, s in zip(key, self.shape, strict=True))
+            for k, s in zip(idx, self.shape, strict=True):
+                if not 0 <= k < s:
+                    raise IndexError(f"index {key} is out of bounds for shape {self.shape}")
+            return self._load(int(np.ravel_multi_index(idx, self.shape)))
+        # Anything else (slices, partial keys): select the linear indices, load those.
+        linear = np.arange(self.size).reshape(self.shape)[key]
+        if np.ndim(linear) == 0:
+            return self._load(int(linear))
+        return self._assemble(np.asarray(linear))
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _assemble(self, linear: np.ndarray) -> np.ma.MaskedArray:
+        present = set(present_indices(self.folder).tolist())
+        flat = linear.ravel()
+        values = np.empty(flat.size, dtype=object)
+        mask = np.ones(flat.size, dtype=bool)
+        for pos, n in enumerate(flat.tolist()):
+            if n in present:
+                values[pos] = load_pickle(element_path(self.folder, n))
+                mask[pos] = False
+        return _as_masked(values.reshape(linear.shape), mask.reshape(linear.shape))
+
+    def to_array(self) -> np.ma.MaskedArray:
+        """All elements as a numpy masked array (numeric dtype when every element is a number)."""
+        return self._assemble(np.arange(self.size).reshape(self.shape))
+
+    def fetch_value(self) -> np.ma.MaskedArray:
+        """Same as :meth:`to_array`."""
+        return self.to_array()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FileBasedObjectArray, (str(self.folder), self.shape))
+
+
+def _as_masked(values: np.ndarray, mask: np.ndarray) -> np.ma.MaskedArray:
+    """A masked array, numeric when every present value is a real or complex number."""
+    present = values[~mask]
+    if present.size and all(
+        isinstance(v, int | float | complex | np.number) and not isinstance(v, bool)
+        for v in present
+    ):
+        numeric = np.asarray(present.tolist())
+        out = np.zeros(values.shape, dtype=numeric.dtype)
+        out[~mask] = numeric
+        return np.ma.MaskedArray(out, mask=mask)
+    return np.ma.MaskedArray(values, mask=mask)
