@@ -280,7 +280,9 @@ class _Parser:
         try:
             return ArraySpec(name, tuple(axes))
         except MapSpecError as e:
-            raise MapSpecError(f"invalid mapspec {self.text!r}: {e} (near position {start})") from None
+            raise MapSpecError(
+                f"invalid mapspec {self.text!r}: {e} (near position {start})"
+            ) from None
 
     def arrays(self) -> list[ArraySpec]:
         arrays = [self.array()]

@@ -39,7 +39,9 @@ def expand(text: str) -> list[int]:
         try:
             start, end = int(lo), int(hi) if sep else int(lo)
         except ValueError:
-            raise ValueError(f"bad index range {part!r} in {text!r}; expected 'N' or 'N-M'") from None
+            raise ValueError(
+                f"bad index range {part!r} in {text!r}; expected 'N' or 'N-M'"
+            ) from None
         if end < start:
             raise ValueError(f"bad index range {part!r} in {text!r}: end before start")
         out.extend(range(start, end + 1))

@@ -88,5 +88,8 @@ def graph(run: Run, as_png: bool = False, filename: str | None = None) -> Any:
     dot = plan_graph(run.plan, looks)
     rec = run.record
     meaning = EXIT_CODES.get(rec.exit_code or 0, "") if rec.exit_code else ""
-    dot.attr(label=f"{rec.workflow}: {rec.status}" + (f" ({rec.exit_code}: {meaning})" if meaning else ""))
+    dot.attr(
+        label=f"{rec.workflow}: {rec.status}"
+        + (f" ({rec.exit_code}: {meaning})" if meaning else "")
+    )
     return render(dot, as_png=as_png, filename=filename)

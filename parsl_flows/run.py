@@ -126,7 +126,9 @@ class StepRun:
     def _has_output(self, rec: StepStatus, name: str) -> bool:
         folder = self.path / "return_values" / name
         if rec.kind == "map":
-            return rec.shape is not None and (rec.n_elements == 0 or present_indices(folder).size > 0)
+            return rec.shape is not None and (
+                rec.n_elements == 0 or present_indices(folder).size > 0
+            )
         return element_path(folder, 0).exists()
 
     @property
@@ -232,7 +234,10 @@ class Run:
     @property
     def inputs(self) -> Inputs:
         return Inputs(
-            {name: load_pickle(self.path / "inputs" / f"{name}.pickle") for name in self.record.inputs}
+            {
+                name: load_pickle(self.path / "inputs" / f"{name}.pickle")
+                for name in self.record.inputs
+            }
         )
 
     def get_builder_restart(self) -> Builder:
@@ -250,7 +255,9 @@ class Run:
         return f"<Run {rec.run_id}: {rec.workflow}, {rec.status}, exit code {rec.exit_code}>"
 
 
-def load_run(path_or_id: str | os.PathLike[str], store: str | os.PathLike[str] | None = None) -> Run:
+def load_run(
+    path_or_id: str | os.PathLike[str], store: str | os.PathLike[str] | None = None
+) -> Run:
     """Open a run from its directory, its id, or a unique prefix of its id."""
     path = Path(path_or_id).expanduser()
     if (path / "run.json").exists():

@@ -156,7 +156,9 @@ class Step:
         if len(self.returns) == 1:
             return {self.returns[0]: result}
         if not isinstance(result, tuple) or len(result) != len(self.returns):
-            got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+            got = (
+                f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+            )
             raise MissingOutputError(
                 f"step {self.name!r} declares returns={self.returns} and must return a tuple "
                 f"of {len(self.returns)} values, but it returned {got}"
@@ -185,7 +187,9 @@ def _check_returns(returns: Any, owner: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_signature(func: Callable[..., Any], owner: str) -> tuple[tuple[str, ...], frozenset[str]]:
+def _check_signature(
+    func: Callable[..., Any], owner: str
+) -> tuple[tuple[str, ...], frozenset[str]]:
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError) as e:

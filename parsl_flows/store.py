@@ -50,7 +50,7 @@ _ELEMENT = re.compile(r"__(\d+)__\.pickle")
 
 
 def default_store(store: str | os.PathLike[str] | None = None) -> Path:
-    """The store to use: ``store`` if given, else ``$PARSL_FLOWS_STORE``, else ``./parsl-flows-store``."""
+    """The store: ``store`` if given, else ``$PARSL_FLOWS_STORE``, else ``./parsl-flows-store``."""
     if store is None:
         store = os.environ.get(STORE_ENV) or "parsl-flows-store"
     return Path(store).expanduser().resolve()

@@ -79,7 +79,11 @@ def plan_graph(workflow: Workflow, looks: Mapping[str, StepLook] | None = None) 
         dot.node(_id("step", node.name), label, **attrs)
         for p in node.parameters:
             if p in producers or p in workflow.parameters:
-                edge = {"color": MAP_COLOR} if isinstance(node, Map) and p in node.mapped_parameters else {}
+                edge = (
+                    {"color": MAP_COLOR}
+                    if isinstance(node, Map) and p in node.mapped_parameters
+                    else {}
+                )
                 dot.edge(_id("data", p), _id("step", node.name), **edge)
         for out in node.outputs:
             dot.edge(_id("step", node.name), _id("data", out))

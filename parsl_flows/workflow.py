@@ -61,17 +61,14 @@ class Call:
 
     def __post_init__(self) -> None:
         if not isinstance(self.step, Step):
-            raise TypeError(
-                f"expected a step (a function decorated with @step), not {self.step!r}"
-            )
+            raise TypeError(f"expected a step (a function decorated with @step), not {self.step!r}")
         _check_restarts(self.max_restarts, self.step.name)
         if self.retry_on is not None:
             types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
             for t in types:
                 if not (isinstance(t, type) and issubclass(t, BaseException)):
                     raise TypeError(
-                        f"retry_on of step {self.step.name!r} must hold exception types, "
-                        f"not {t!r}"
+                        f"retry_on of step {self.step.name!r} must hold exception types, not {t!r}"
                     )
             object.__setattr__(self, "retry_on", types)
 
@@ -385,7 +382,9 @@ class Workflow:
     def required_parameters(self) -> frozenset[str]:
         """Parameters that some step reads and that have no default there."""
         return frozenset(
-            p for n in self.nodes for p in n.parameters
+            p
+            for n in self.nodes
+            for p in n.parameters
             if p in self.parameters and p not in n.step.defaults
         )
 
@@ -393,7 +392,10 @@ class Workflow:
     def mapped_parameters(self) -> frozenset[str]:
         """Parameters that some map iterates over: they must be sequences or arrays."""
         return frozenset(
-            p for n in self.nodes if isinstance(n, Map) for p in n.mapped_parameters
+            p
+            for n in self.nodes
+            if isinstance(n, Map)
+            for p in n.mapped_parameters
             if p in self.parameters
         )
 
@@ -480,10 +482,7 @@ def first(x: Step | Call | Concurrently | Workflow) -> Workflow:
     """A plan that starts with ``x``: ``first(map_(f, "x[i] -> y[i]")).then(g)``."""
     if isinstance(x, Workflow):
         return x
-    if isinstance(x, Concurrently):
-        name = "_".join(n.name for n in x.nodes)
-    else:
-        name = _as_node(x).name
+    name = "_".join(n.name for n in x.nodes) if isinstance(x, Concurrently) else _as_node(x).name
     return new_workflow(name).then(x)
 
 
@@ -543,8 +542,9 @@ def validate_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, 
             f"{workflow.name}.on(env) with env = flows.engine.execution_environment(None, "
             "'localhost') or another environment"
         )
-    missing = [p for p in workflow.parameter_order
-               if p in workflow.required_parameters and p not in inputs]
+    missing = [
+        p for p in workflow.parameter_order if p in workflow.required_parameters and p not in inputs
+    ]
     surplus = [k for k in inputs if k not in workflow.parameters]
     problems = []
     if missing:

@@ -39,9 +39,7 @@ class ExecutionEnvironment:
     def config(self) -> Config:
         cfg = self.make_config()
         if not isinstance(cfg, Config):
-            raise TypeError(
-                f"environment {self.name!r} made {cfg!r}, not a parsl.config.Config"
-            )
+            raise TypeError(f"environment {self.name!r} made {cfg!r}, not a parsl.config.Config")
         return cfg
 
 

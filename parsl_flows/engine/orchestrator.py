@@ -139,7 +139,9 @@ class Execution:
         missing: dict[str, str] = {}  # output -> why it will never exist
         pending = list(wf.nodes)
         running: dict[Future[dict[str, Source]], Call] = {}
-        with ThreadPoolExecutor(max_workers=max(1, len(pending)), thread_name_prefix="step") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, len(pending)), thread_name_prefix="step"
+        ) as pool:
             while pending or running:
                 for node in list(pending):
                     deps = [p for p in node.parameters if p in producers]
@@ -212,14 +214,20 @@ class Execution:
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
         st.save(self.step_dir(st))
-        verdict = st.message if st.state == "skipped" else (
-            f"exit code {st.exit_code}"
-            + (f" ({EXIT_CODES.get(st.exit_code or 0, '')})" if st.exit_code else "")
+        verdict = (
+            st.message
+            if st.state == "skipped"
+            else (
+                f"exit code {st.exit_code}"
+                + (f" ({EXIT_CODES.get(st.exit_code or 0, '')})" if st.exit_code else "")
+            )
         )
         self.log(f"step {node.name} {st.state}: {verdict}")
         return produced
 
-    def _execute_call(self, node: Call, st: StepStatus, params: dict[str, Source]) -> dict[str, Source]:
+    def _execute_call(
+        self, node: Call, st: StepStatus, params: dict[str, Source]
+    ) -> dict[str, Source]:
         step_dir = self.step_dir(st)
         log = self.step_log(st)
         task = TaskSpec(str(step_dir / "step.pickle"), str(step_dir), (0,), (), params)
@@ -246,7 +254,9 @@ class Execution:
         log(f"{what} (exit code {code}): {st.message}\nreturned the 'exception' output")
         return {}
 
-    def _execute_map(self, node: Map, st: StepStatus, params: dict[str, Source]) -> dict[str, Source]:
+    def _execute_map(
+        self, node: Map, st: StepStatus, params: dict[str, Source]
+    ) -> dict[str, Source]:
         step_dir = self.step_dir(st)
         log = self.step_log(st)
         spec = node.mapspec
@@ -333,7 +343,9 @@ class Execution:
             if whole:
                 present = present.any(axis=whole)
             names = list(arr.indices)
-            present = present.transpose(sorted(range(len(names)), key=lambda k: order.index(names[k])))
+            present = present.transpose(
+                sorted(range(len(names)), key=lambda k: order.index(names[k]))
+            )
             names.sort(key=order.index)
             out &= present.reshape([shape[order.index(i)] if i in names else 1 for i in order])
         return out
@@ -385,8 +397,12 @@ class Execution:
             elif element_path(step_dir / "exception", n).exists():
                 results.append(ElementResult(n, USER_ERROR, "raised before the task was lost"))
             else:
-                write_pickle(element_path(step_dir / "exception", n), InfrastructureError(cause, detail))
-                results.append(ElementResult(n, INFRASTRUCTURE, f"InfrastructureError: {cause}: {detail}"))
+                write_pickle(
+                    element_path(step_dir / "exception", n), InfrastructureError(cause, detail)
+                )
+                results.append(
+                    ElementResult(n, INFRASTRUCTURE, f"InfrastructureError: {cause}: {detail}")
+                )
         log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         return results
 
@@ -408,7 +424,10 @@ class Execution:
         )
 
     def _log_map_outcome(
-        self, log: Callable[[str], None], st: StepStatus, shape: tuple[int, ...],
+        self,
+        log: Callable[[str], None],
+        st: StepStatus,
+        shape: tuple[int, ...],
         failures: list[ElementResult],
     ) -> None:
         log(
@@ -423,4 +442,6 @@ class Execution:
             key = MapSpec.output_key(f.index, shape)
             log(f"  element {f.index} {key}: {f.message}")
         if len(failures) > _MAX_LOGGED_FAILURES:
-            log(f"  ... and {len(failures) - _MAX_LOGGED_FAILURES} more (see the 'exception' output)")
+            log(
+                f"  ... and {len(failures) - _MAX_LOGGED_FAILURES} more (see the exception output)"
+            )

@@ -11,6 +11,7 @@ This module is imported on workers: it must stay light and importable everywhere
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
@@ -116,10 +117,8 @@ def _storable(exc: BaseException) -> BaseException:
     import cloudpickle
 
     tb = "".join(traceback.format_exception(exc))
-    try:
+    with contextlib.suppress(AttributeError):  # some exception types forbid new attributes
         exc.remote_traceback = tb  # type: ignore[attr-defined]
-    except AttributeError:  # some exception types forbid new attributes
-        pass
     try:
         cloudpickle.loads(cloudpickle.dumps(exc))
         return exc
