@@ -44,6 +44,8 @@ class StepStatus:
     n_inputs_masked: int = 0  # not submitted: some mapped input was masked there
     missing_inputs: list[str] = field(default_factory=list)
     element_codes: dict[str, str] = field(default_factory=dict)  # "401": "3-5,9"
+    # How many attempts each submitted element took: {"1": "0-12,14-63", "2": "13"}
+    element_attempts: dict[str, str] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     executor: str | None = None
     started: float | None = None

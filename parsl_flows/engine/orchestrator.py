@@ -412,6 +412,7 @@ class Execution:
             if c != OK:
                 by_code.setdefault(c, []).append(n)
         st.element_codes = {str(c): compress(ns) for c, ns in sorted(by_code.items())}
+        st.element_attempts = {"1": compress(indices)} if len(indices) else {}
         st.attempts.append(
             {
                 "attempt": len(st.attempts) + 1,
