@@ -131,7 +131,7 @@ class MapSpec:
         except MapSpecError as e:
             if text in str(e):
                 raise
-            raise MapSpecError(f"{e} (you wrote {text!r})") from None
+            raise MapSpecError(f"{e} (you wrote '{text}')") from None
 
     def __str__(self) -> str:
         ins = ", ".join(str(a) for a in self.inputs)
@@ -260,6 +260,8 @@ class _Parser:
         return m.group()
 
     def array(self) -> ArraySpec:
+        self.skip_space()
+        start = self.pos
         name = self.name("an array name such as 'x'")
         if self.pos >= len(self.text) or self.text[self.pos] != "[":
             raise self.fail(f"'[' right after {name!r} (no space between a name and its indices)")
@@ -276,12 +278,11 @@ class _Parser:
                 continue
             self.expect("]", "',' or ']'")
             break
-        start = self.pos
         try:
             return ArraySpec(name, tuple(axes))
         except MapSpecError as e:
             raise MapSpecError(
-                f"invalid mapspec {self.text!r}: {e} (near position {start})"
+                f"invalid mapspec '{self.text}': {e} (near position {start})"
             ) from None
 
     def arrays(self) -> list[ArraySpec]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -86,13 +87,16 @@ class Resources:
 def parse_memory(memory: Any, owner: str = "?") -> int:
     """``"4GB"`` -> 4096 (MB).  A bare number is taken as MB."""
     if isinstance(memory, int | float) and not isinstance(memory, bool) and memory > 0:
-        return int(memory)
+        return max(1, math.ceil(memory))
     m = _MEMORY.fullmatch(memory) if isinstance(memory, str) else None
     if not m or float(m.group(1)) <= 0:
         raise ValueError(
             f"step {owner!r}: 'memory' must look like '500MB' or '4GB', not {memory!r}"
         )
-    return max(1, int(float(m.group(1)) * _MEMORY_FACTORS[m.group(2).upper()]))
+    unit = m.group(2).upper()
+    if not unit and not memory.strip().upper().endswith("B"):
+        unit = "M"  # "500" means 500 MB, as a bare number does
+    return max(1, int(float(m.group(1)) * _MEMORY_FACTORS[unit]))
 
 
 def parse_walltime(walltime: Any, owner: str = "?") -> int:

@@ -239,9 +239,17 @@ class Workflow:
         return self.then(other)
 
     def _append(self, stage: tuple[Call, ...]) -> Workflow:
+        if len(stage) > 1:
+            concurrently(*stage)  # the same checks for stages rebuilt by replace_steps
         produced = {out: n.name for n in self.nodes for out in n.outputs}
         names = {n.name for n in self.nodes}
         for node in stage:
+            own = sorted(set(node.parameters) & set(node.outputs))
+            if own:
+                raise ValueError(
+                    f"step {node.name!r} reads {', '.join(map(repr, own))}, which it produces "
+                    "itself; give the input and the output different names"
+                )
             if node.name in names:
                 raise ValueError(
                     f"workflow {self.name!r} already has a step named {node.name!r}; each step "
@@ -380,12 +388,13 @@ class Workflow:
 
     @property
     def required_parameters(self) -> frozenset[str]:
-        """Parameters that some step reads and that have no default there."""
+        """Parameters that some step reads without a default there (mapped ones always)."""
         return frozenset(
             p
             for n in self.nodes
             for p in n.parameters
-            if p in self.parameters and p not in n.step.defaults
+            if p in self.parameters
+            and (p not in n.step.defaults or (isinstance(n, Map) and p in n.mapped_parameters))
         )
 
     @property

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can import seed_flows
 
-import parsl_flows as flows  # noqa: E402
+import parsl_flows as flows
 
 
 @pytest.fixture(scope="session")

@@ -443,6 +443,4 @@ class Execution:
             key = MapSpec.output_key(f.index, shape)
             log(f"  element {f.index} {key}: {f.message}")
         if len(failures) > _MAX_LOGGED_FAILURES:
-            log(
-                f"  ... and {len(failures) - _MAX_LOGGED_FAILURES} more (see the exception output)"
-            )
+            log(f"  ... and {len(failures) - _MAX_LOGGED_FAILURES} more (see the exception output)")
