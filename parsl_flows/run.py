@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .lock import driver_alive
 from .status import FINAL_RUN_STATES, RunRecord, StepStatus
 from .store import FileBasedObjectArray, default_store, element_path, load_pickle, present_indices
 from .workflow import Builder, Inputs, Workflow
@@ -170,8 +171,15 @@ class Run:
 
     @property
     def status(self) -> str:
-        """'running', 'finished' (exit code 0), 'failed' (any other end) or 'interrupted'."""
-        return self.record.status
+        """'running', 'finished' (exit code 0), 'failed' (any other end) or 'interrupted'.
+
+        'interrupted': the record says running, but its driver process is gone (a killed
+        kernel or CLI); ``resume()`` carries on from what is in the store.
+        """
+        status = self.record.status
+        if status == "running" and self._execution is None and driver_alive(self.path) is False:
+            return "interrupted"
+        return status
 
     @property
     def exit_code(self) -> int | None:
@@ -188,7 +196,7 @@ class Run:
                 raise TimeoutError(f"run {self.id} still running after {timeout} s")
             return self
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.is_finished:
+        while self.status == "running":
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {self.id} still running after {timeout} s")
             time.sleep(0.2)
@@ -241,8 +249,22 @@ class Run:
         )
 
     def get_builder_restart(self) -> Builder:
-        """A builder with this run's plan and inputs; edit ``.kwargs`` and submit it."""
-        return Builder(self.plan, self.inputs)
+        """A builder with this run's plan and inputs; edit ``.kwargs`` and submit it.
+
+        Submitting it reuses every result of this run whose code and inputs did not change
+        (``flows.submit(builder, reuse=False)`` recomputes everything).
+        """
+        return Builder(self.plan, self.inputs, restarted_from=str(self.path))
+
+    def resume(self) -> Run:
+        """Carry on a run whose driver died: compute only what is not in the store yet.
+
+        Returns the resumed run at once (``.wait()`` for it).  A run that already ended is
+        left alone (a warning says so); a run whose driver is alive is an error.
+        """
+        from .engine.submit import resume
+
+        return resume(self)
 
     def log(self) -> str:
         try:

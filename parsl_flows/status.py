@@ -42,6 +42,8 @@ class StepStatus:
     n_failed: int = 0  # the user's code raised (401) or returned too little (403)
     n_infra: int = 0  # infrastructure failures (402)
     n_inputs_masked: int = 0  # not submitted: some mapped input was masked there
+    n_reused: int = 0  # taken from the store (an earlier run, or before a crash), not computed
+    reused_from: str | None = None  # the run the reused results came from
     missing_inputs: list[str] = field(default_factory=list)
     element_codes: dict[str, str] = field(default_factory=dict)  # "401": "3-5,9"
     # How many attempts each submitted element took: {"1": "0-12,14-63", "2": "13"}
@@ -66,7 +68,8 @@ class StepStatus:
 
     @property
     def n_remaining(self) -> int:
-        return max(0, self.n_submitted - self.n_done - self.n_failed - self.n_infra)
+        total = self.n_submitted + self.n_reused
+        return max(0, total - self.n_done - self.n_failed - self.n_infra)
 
     @property
     def outcome(self) -> str:

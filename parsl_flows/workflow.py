@@ -522,6 +522,7 @@ class Builder:
 
     workflow: Workflow
     kwargs: Inputs
+    restarted_from: str | None = None  # the run whose results a restart may reuse
 
     def validate(self) -> dict[str, tuple[int, ...]]:
         """Check the inputs against the plan; return the shape of every map output."""

@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import EXIT_CODES, InfrastructureError
+from ..lock import RunLock
 from ..mapspec import ArraySpec, MapSpec, MapSpecError
 from ..ranges import compress
 from ..status import RunRecord, StepStatus
-from ..store import FileBasedObjectArray, element_path, load_pickle, write_pickle
-from ..workflow import Call, Map, Workflow, mapped_shape
+from ..store import FileBasedObjectArray, element_path, load_pickle, present_indices, write_pickle
+from ..workflow import Call, Map, Workflow, as_mapped_array, mapped_shape
+from .hashing import KEY_DTYPE, MISSING_KEY, KeyBook, code_key, combine, value_key
+from .reuse import KEYS_FILE, link_elements, origin_step_dir, reusable_elements
 from .runner import runner
 from .worker import INFRASTRUCTURE, MISSING_OUTPUT, OK, USER_ERROR, ElementResult, Source, TaskSpec
 
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 _LOST = {"WorkerLost": "worker lost", "ManagerLost": "worker pool lost"}
 _FLUSH_SECONDS = 0.5
 _MAX_LOGGED_FAILURES = 10
+#: Extra attempts for an element lost to infrastructure failures, beyond the user's budget.
+INFRA_RETRIES = 3
 
 
 class StepLog:
@@ -70,8 +75,8 @@ def chunked(indices: np.ndarray, size: int) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in indices[k : k + size]) for k in range(0, len(indices), size)]
 
 
-def map_exit_code(codes: Iterable[int]) -> int:
-    """A map's exit code: 401 if any element raised, else 403, else 402, else 0."""
+def exit_code_of(codes: Iterable[int]) -> int:
+    """A step's exit code from its elements': 401 if any raised, else 403, else 402, else 0."""
     seen = set(codes)
     for code in (USER_ERROR, MISSING_OUTPUT, INFRASTRUCTURE):
         if code in seen:
@@ -80,7 +85,7 @@ def map_exit_code(codes: Iterable[int]) -> int:
 
 
 class Execution:
-    """One run being carried out by this driver."""
+    """One run being carried out by this driver (a new run, a resumed one, or a restart)."""
 
     def __init__(
         self,
@@ -89,17 +94,22 @@ class Execution:
         inputs: dict[str, Any],
         statuses: dict[str, StepStatus],
         parsl_run_dir: Path,
+        lock: RunLock,
+        reuse_from: Path | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.workflow = workflow
         self.inputs = inputs
         self.statuses = statuses
         self.parsl_run_dir = parsl_run_dir
+        self.lock = lock
+        self.reuse_from = reuse_from
         self.log = StepLog(run_dir / "log.txt", prefix=f"[{run_dir.name}] ")
         self.thread = threading.Thread(
             target=self._main, name=f"parsl_flows-{run_dir.name}", daemon=False
         )
         self.label = ""
+        self.keys = KeyBook()
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self.done = threading.Event()
 
@@ -123,25 +133,33 @@ class Execution:
         record.finished = time.time()
         record.save(self.run_dir)
         self.log(f"workflow finished: status {record.status}, exit code {record.exit_code}")
+        self.lock.release()
         self.done.set()
+
+    def _note_helpers(self) -> None:
+        dfk = runner.dfk
+        self.lock.note_helpers(None if dfk is None else str(dfk.run_dir))
 
     def _schedule(self) -> int:
         wf = self.workflow
         self.log(f"workflow {wf.name!r} started ({len(wf.nodes)} steps)")
         self.label = runner.executors_for(wf.environment, self.parsl_run_dir)[0]
+        self._note_helpers()
         sources: dict[str, Source] = {
             name: Source("value", str(self.run_dir / "inputs" / f"{name}.pickle"))
             for name in self.inputs
         }
         for name, value in self.inputs.items():
             self._values[sources[name].path] = value
+            self.keys.value[name], why = value_key(value)
+            if why:
+                self.keys.why[name] = why
         producers = wf.producers()
         missing: dict[str, str] = {}  # output -> why it will never exist
         pending = list(wf.nodes)
         running: dict[Future[dict[str, Source]], Call] = {}
-        with ThreadPoolExecutor(
-            max_workers=max(1, len(pending)), thread_name_prefix="step"
-        ) as pool:
+        workers = max(1, len(pending))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step") as pool:
             while pending or running:
                 for node in list(pending):
                     deps = [p for p in node.parameters if p in producers]
@@ -176,6 +194,7 @@ class Execution:
     def _skip(self, node: Call, lost: list[str], missing: dict[str, str]) -> None:
         st = self.statuses[node.name]
         st.state = "skipped"
+        st.exit_code = None
         st.missing_inputs = lost
         reasons = "; ".join(f"{p}: {missing[p]}" for p in lost)
         st.message = f"skipped because of missing input(s) {', '.join(lost)} ({reasons})"
@@ -197,16 +216,17 @@ class Execution:
         st.state = "running"
         st.started = time.time()
         st.executor = self.label
+        st.exit_code = None
+        st.message = ""
+        st.missing_inputs = []
+        st.n_done = st.n_failed = st.n_infra = st.n_reused = st.n_submitted = 0
         st.save(self.step_dir(st))
         self.log(f"step {node.name} started")
         try:
-            if isinstance(node, Map):
-                produced = self._execute_map(node, st, params)
-            else:
-                produced = self._execute_call(node, st, params)
+            produced = self._execute_elements(node, st, params)
         except Exception as e:  # an engine error in one step must not stop the others
             logger.exception("step %s failed in the engine", node.name)
-            st.exit_code = st.exit_code or 402
+            st.exit_code = st.exit_code or INFRASTRUCTURE
             st.message = f"the engine failed while running this step: {type(e).__name__}: {e}"
             self.step_log(st)(st.message)
             produced = {}
@@ -214,96 +234,272 @@ class Execution:
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
         st.save(self.step_dir(st))
-        verdict = (
-            st.message
-            if st.state == "skipped"
-            else (
-                f"exit code {st.exit_code}"
-                + (f" ({EXIT_CODES.get(st.exit_code or 0, '')})" if st.exit_code else "")
-            )
-        )
+        if st.state == "skipped":
+            verdict = st.message
+        else:
+            meaning = f" ({EXIT_CODES.get(st.exit_code or 0, '')})" if st.exit_code else ""
+            verdict = f"exit code {st.exit_code}{meaning}"
         self.log(f"step {node.name} {st.state}: {verdict}")
         return produced
 
-    def _execute_call(
+    def _execute_elements(
         self, node: Call, st: StepStatus, params: dict[str, Source]
     ) -> dict[str, Source]:
+        """Work out which elements to compute, take what exists, compute the rest."""
         step_dir = self.step_dir(st)
         log = self.step_log(st)
-        task = TaskSpec(str(step_dir / "step.pickle"), str(step_dir), (0,), (), params)
-        st.n_submitted = 1
-        st.submitted_elements = "0"
-        st.save(step_dir)
-        log(f"submitted {node.name}({', '.join(params)}) to executor {self.label!r}")
-        codes, failures = self._run_tasks([task], st, log)
-        code = codes[0]
-        st.exit_code = code
-        self._record_attempt(st, np.array([0]), codes)
-        if code == OK:
-            log(f"finished: outputs {', '.join(node.outputs)} written")
+        if isinstance(node, Map):
+            try:
+                shape = node.mapspec.shape(
+                    {a.name: self._shape_of(params[a.name], a) for a in node.mapspec.inputs}
+                )
+            except (MapSpecError, ValueError) as e:
+                st.exit_code = USER_ERROR
+                st.message = f"the mapped inputs do not fit the mapspec: {e}"
+                log(st.message)
+                return {}
+            st.shape = list(shape)
+            wanted = np.flatnonzero(self._submittable(node.mapspec, params, shape).ravel())
+            total = int(np.prod(shape, dtype=np.int64))
+            st.n_inputs_masked = total - len(wanted)
+            if total and not len(wanted):
+                st.state = "skipped"
+                st.message = "skipped: every element has a masked mapped input"
+                log(st.message)
+                return {}
+        else:
+            shape, wanted, total = (), np.array([0]), 1
+        keys = self._element_keys(node, params, shape, log)
+        if keys is not None:
+            np.save(step_dir / KEYS_FILE, keys)
+        self._reuse(node, st, keys, wanted, log)
+        have = self._present(step_dir, node.outputs, wanted)
+        st.n_done = st.n_reused = len(have)
+        todo = np.setdiff1d(wanted, have)
+        if len(have) and not st.reused_from:
+            log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
+        codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
+        st.exit_code = 410 if exhausted else exit_code_of(codes.values())
+        if isinstance(node, Map):
+            self._log_map_outcome(log, st, shape, codes, messages)
+        else:
+            self._log_call_outcome(log, st, codes.get(0, OK), messages.get(0, ""))
+        if isinstance(node, Map):
+            if st.n_done == 0 and total:
+                self.keys.array.update({out: None for out in node.outputs})
+                return {}
+            self._note_output_keys(node, step_dir, keys)
             return {
-                out: Source("value", str(element_path(step_dir / "return_values" / out, 0)))
+                out: Source("array", str(step_dir / "return_values" / out), shape)
                 for out in node.outputs
             }
-        what = {
-            USER_ERROR: "User code raised an Exception",
-            MISSING_OUTPUT: "User code did not return every declared output",
-            INFRASTRUCTURE: "The task was lost to an infrastructure failure",
-        }[code]
-        st.message = failures[0].message
-        log(f"{what} (exit code {code}): {st.message}\nreturned the 'exception' output")
-        return {}
-
-    def _execute_map(
-        self, node: Map, st: StepStatus, params: dict[str, Source]
-    ) -> dict[str, Source]:
-        step_dir = self.step_dir(st)
-        log = self.step_log(st)
-        spec = node.mapspec
-        try:
-            shapes = {a.name: self._shape_of(params[a.name], a) for a in spec.inputs}
-            shape = spec.shape(shapes)
-        except (MapSpecError, ValueError) as e:
-            st.exit_code = USER_ERROR
-            st.message = f"the mapped inputs do not fit the mapspec: {e}"
-            log(st.message)
+        if st.exit_code != OK:
             return {}
-        st.shape = list(shape)
-        submit = self._submittable(spec, params, shape)
-        indices = np.flatnonzero(submit.ravel())
-        total = submit.size
-        st.n_inputs_masked = total - len(indices)
-        st.n_submitted = len(indices)
-        st.submitted_elements = compress(indices)
-        if total and not len(indices):
-            st.state = "skipped"
-            st.exit_code = None
-            st.message = "skipped: every element has a masked mapped input"
-            log(st.message)
-            self.statuses[node.name] = st
-            return {}
-        size = auto_chunksize(len(indices)) if node.chunksize == "auto" else int(node.chunksize)
-        tasks = [
-            TaskSpec(str(step_dir / "step.pickle"), str(step_dir), chunk, shape, params, str(spec))
-            for chunk in chunked(indices, size)
-        ]
-        st.save(step_dir)
-        masked_note = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
-        log(
-            f"attempt 1: submitting {len(indices)} of {total} elements{masked_note} "
-            f"as {len(tasks)} Parsl task(s) to executor {self.label!r}; "
-            f"submitted_elements={st.submitted_elements or '-'}"
-        )
-        codes, failures = self._run_tasks(tasks, st, log)
-        st.exit_code = map_exit_code(codes.values())
-        self._record_attempt(st, indices, codes)
-        self._log_map_outcome(log, st, shape, failures)
-        if st.n_done == 0 and total:
-            return {}
+        for out in node.outputs:
+            self.keys.value[out] = None if keys is None else combine(keys.tobytes(), out)
         return {
-            out: Source("array", str(step_dir / "return_values" / out), shape)
+            out: Source("value", str(element_path(step_dir / "return_values" / out, 0)))
             for out in node.outputs
         }
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def _attempts(
+        self,
+        node: Call,
+        st: StepStatus,
+        params: dict[str, Source],
+        shape: tuple[int, ...],
+        todo: np.ndarray,
+        log: Callable[[str], None],
+    ) -> tuple[dict[int, int], dict[int, str], bool]:
+        """Submit ``todo``, then resubmit what failed, as the step's restart policy allows.
+
+        Returns each element's final code and message, and whether some element used up
+        its budget.
+        """
+        step_dir = self.step_dir(st)
+        spec = str(node.mapspec) if isinstance(node, Map) else None
+        size = 1
+        if isinstance(node, Map):
+            size = auto_chunksize(len(todo)) if node.chunksize == "auto" else int(node.chunksize)
+        user_tries: Counter[int] = Counter()
+        infra_tries: Counter[int] = Counter()
+        tries: Counter[int] = Counter()
+        final: dict[int, int] = {}
+        messages: dict[int, str] = {}
+        first = len(todo)
+        st.submitted_elements = compress(todo)
+        st.n_submitted = first
+        while len(todo):
+            attempt = len(st.attempts) + 1
+            tasks = [
+                TaskSpec(
+                    str(step_dir / "step.pickle"),
+                    str(step_dir),
+                    chunk,
+                    shape,
+                    params,
+                    spec,
+                    node.retry_on,
+                )
+                for chunk in chunked(todo, size)
+            ]
+            if not tries:  # the first attempt of this execution
+                masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
+                log(
+                    f"attempt {attempt}: submitting {len(todo)} elements{masked} as "
+                    f"{len(tasks)} Parsl task(s) to executor {self.label!r}; "
+                    f"submitted_elements={compress(todo)}"
+                )
+            else:
+                log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
+            # A stale exception would read as this attempt's error if its task is lost.
+            for n in np.intersect1d(todo, present_indices(step_dir / "exception")):
+                element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
+            st.save(step_dir)
+            results = self._run_tasks(tasks, st, log)
+            retry = []
+            for r in results:
+                n = r.index
+                tries[n] += 1
+                final[n] = r.code
+                messages[n] = r.message
+                if r.code == OK:
+                    continue
+                if r.code == INFRASTRUCTURE:
+                    infra_tries[n] += 1
+                    again = infra_tries[n] <= INFRA_RETRIES
+                else:
+                    user_tries[n] += 1
+                    again = r.retryable and user_tries[n] < node.max_restarts
+                if again:
+                    retry.append(n)
+            self._record_attempt(st, attempt, todo, results)
+            log(
+                f"attempt {attempt}: {sum(r.code == OK for r in results)} succeeded, "
+                f"{sum(r.code in (USER_ERROR, MISSING_OUTPUT) for r in results)} failed, "
+                f"{sum(r.code == INFRASTRUCTURE for r in results)} lost to infrastructure"
+            )
+            for n in retry:  # back to "remaining" until the next attempt says otherwise
+                if final[n] == INFRASTRUCTURE:
+                    st.n_infra -= 1
+                else:
+                    st.n_failed -= 1
+            todo = np.array(sorted(retry), dtype=np.int64)
+        by_code: dict[int, list[int]] = {}
+        by_tries: dict[int, list[int]] = {}
+        for n, c in final.items():
+            if c != OK:
+                by_code.setdefault(c, []).append(n)
+            by_tries.setdefault(tries[n], []).append(n)
+        st.element_codes = {str(c): compress(ns) for c, ns in sorted(by_code.items())}
+        st.element_attempts = {str(t): compress(ns) for t, ns in sorted(by_tries.items())}
+        exhausted = node.max_restarts > 1 and any(
+            c != OK and user_tries[n] >= node.max_restarts for n, c in final.items()
+        )
+        return final, messages, exhausted
+
+    def _record_attempt(
+        self, st: StepStatus, attempt: int, todo: np.ndarray, results: list[ElementResult]
+    ) -> None:
+        st.attempts.append(
+            {
+                "attempt": attempt,
+                "submitted_elements": compress(todo),
+                "n_submitted": len(todo),
+                "succeeded": sum(1 for r in results if r.code == OK),
+                "failed": sum(1 for r in results if r.code in (USER_ERROR, MISSING_OUTPUT)),
+                "infrastructure": sum(1 for r in results if r.code == INFRASTRUCTURE),
+            }
+        )
+
+    # -- keys and reuse --------------------------------------------------------------------
+
+    def _element_keys(
+        self,
+        node: Call,
+        params: dict[str, Source],
+        shape: tuple[int, ...],
+        log: Callable[[str], None],
+    ) -> np.ndarray | None:
+        """The reuse key of every element (a 0-d array for a plain call), or None."""
+        code, why = code_key(node.step.callable)
+        mapped = node.mapspec.input_names if isinstance(node, Map) else ()
+        broadcast = [p for p in params if p not in mapped]
+        base = self.keys.step_key(code, broadcast)
+        if base is None:
+            unkeyed = [p for p in broadcast if self.keys.whole(p) is None]
+            reason = why or f"input(s) {', '.join(unkeyed)} cannot be hashed"
+            if self.reuse_from is not None:
+                log(f"results of this step cannot be reused later: {reason}")
+            return None
+        if not isinstance(node, Map):
+            return np.array(base, dtype=KEY_DTYPE)
+        per_input = []
+        for arr in node.mapspec.inputs:
+            src = params[arr.name]
+            value = None if src.kind == "array" else as_mapped_array(self._value(src), arr.rank)
+            ekeys = self.keys.elements(arr.name, value, arr.rank)
+            if ekeys is None:
+                log(f"results of this step cannot be reused later: {arr.name!r} has no keys")
+                return None
+            per_input.append((arr, ekeys))
+        keys = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=KEY_DTYPE)
+        for n in range(keys.size):
+            out_key = MapSpec.output_key(n, shape)
+            in_keys = node.mapspec.input_keys(out_key)
+            parts: list[bytes | str] = [base]
+            for arr, ekeys in per_input:
+                parts += [arr.name, np.asarray(ekeys[in_keys[arr.name]]).tobytes()]
+            keys[n] = combine(*parts)
+        return keys.reshape(shape)
+
+    def _note_output_keys(self, node: Map, step_dir: Path, keys: np.ndarray | None) -> None:
+        """Element keys of the map's outputs, with masked elements marked missing."""
+        for out in node.outputs:
+            if keys is None:
+                self.keys.array[out] = None
+                continue
+            present = np.zeros(keys.size, dtype=bool)
+            present[present_indices(step_dir / "return_values" / out)] = True
+            marked = keys.reshape(-1).copy()
+            marked[~present] = MISSING_KEY
+            self.keys.array[out] = marked.reshape(keys.shape)
+
+    def _reuse(
+        self,
+        node: Call,
+        st: StepStatus,
+        keys: np.ndarray | None,
+        wanted: np.ndarray,
+        log: Callable[[str], None],
+    ) -> None:
+        """Link matching results of the run this one restarts from."""
+        if self.reuse_from is None or keys is None:
+            return
+        origin = origin_step_dir(self.reuse_from, node.name)
+        if origin is None:
+            return
+        step_dir = self.step_dir(st)
+        done = self._present(step_dir, node.outputs, wanted)
+        pairs = reusable_elements(
+            origin, list(node.outputs), np.atleast_1d(keys), np.setdiff1d(wanted, done)
+        )
+        if not pairs:
+            log(f"nothing to reuse from run {self.reuse_from.name} (code or inputs changed)")
+            return
+        link_elements(origin, step_dir, list(node.outputs), pairs)
+        st.reused_from = self.reuse_from.name
+        log(f"reused {len(pairs)} of {len(wanted)} elements from run {self.reuse_from.name}")
+
+    @staticmethod
+    def _present(step_dir: Path, outputs: Iterable[str], wanted: np.ndarray) -> np.ndarray:
+        """The wanted elements that have every output in the store."""
+        have = wanted
+        for out in outputs:
+            have = np.intersect1d(have, present_indices(step_dir / "return_values" / out))
+        return have
 
     # -- shapes and masks ------------------------------------------------------------------
 
@@ -317,7 +513,7 @@ class Execution:
             return src.shape
         return mapped_shape(self._value(src), arr.rank)
 
-    def _present(self, src: Source, arr: ArraySpec) -> np.ndarray | None:
+    def _present_mask(self, src: Source, arr: ArraySpec) -> np.ndarray | None:
         """Where ``arr``'s input has a value, over its ``rank`` mapped axes (None: everywhere)."""
         if src.kind == "array":
             present = ~FileBasedObjectArray(src.path, src.shape).mask
@@ -336,16 +532,15 @@ class Execution:
         out = np.ones(shape, dtype=bool)
         order = spec.output_indices
         for arr in spec.inputs:
-            present = self._present(params[arr.name], arr)
+            present = self._present_mask(params[arr.name], arr)
             if present is None:
                 continue
             whole = tuple(k for k, a in enumerate(arr.axes) if a is None)
             if whole:
                 present = present.any(axis=whole)
             names = list(arr.indices)
-            present = present.transpose(
-                sorted(range(len(names)), key=lambda k: order.index(names[k]))
-            )
+            perm = sorted(range(len(names)), key=lambda k: order.index(names[k]))
+            present = present.transpose(perm)
             names.sort(key=order.index)
             out &= present.reshape([shape[order.index(i)] if i in names else 1 for i in order])
         return out
@@ -354,31 +549,30 @@ class Execution:
 
     def _run_tasks(
         self, tasks: list[TaskSpec], st: StepStatus, log: Callable[[str], None]
-    ) -> tuple[dict[int, int], list[ElementResult]]:
+    ) -> list[ElementResult]:
         """Submit ``tasks``, follow them to the end, and count their elements as they finish."""
         step_dir = self.step_dir(st)
         futures = {runner.submit(self.label, task): task for task in tasks}
-        codes: dict[int, int] = {}
-        failures: list[ElementResult] = []
+        self._note_helpers()
+        results: list[ElementResult] = []
         last_flush = time.monotonic()
         for fut in as_completed(futures):
             task = futures[fut]
             exc = fut.exception()
-            results = fut.result() if exc is None else self._lost(task, st.outputs, exc, log)
-            for r in results:
-                codes[r.index] = r.code
+            got = fut.result() if exc is None else self._lost(task, st.outputs, exc, log)
+            for r in got:
                 if r.code == OK:
                     st.n_done += 1
                 elif r.code == INFRASTRUCTURE:
                     st.n_infra += 1
-                    failures.append(r)
                 else:
                     st.n_failed += 1
-                    failures.append(r)
+            results.extend(got)
             if time.monotonic() - last_flush > _FLUSH_SECONDS:
                 st.save(step_dir)
+                self._note_helpers()
                 last_flush = time.monotonic()
-        return codes, failures
+        return results
 
     def _lost(
         self, task: TaskSpec, outputs: list[str], exc: BaseException, log: Callable[[str], None]
@@ -397,50 +591,48 @@ class Execution:
             elif element_path(step_dir / "exception", n).exists():
                 results.append(ElementResult(n, USER_ERROR, "raised before the task was lost"))
             else:
-                write_pickle(
-                    element_path(step_dir / "exception", n), InfrastructureError(cause, detail)
-                )
-                results.append(
-                    ElementResult(n, INFRASTRUCTURE, f"InfrastructureError: {cause}: {detail}")
-                )
+                error = InfrastructureError(cause, detail)
+                write_pickle(element_path(step_dir / "exception", n), error)
+                message = f"InfrastructureError: {cause}: {detail}"
+                results.append(ElementResult(n, INFRASTRUCTURE, message))
         log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         return results
 
-    def _record_attempt(self, st: StepStatus, indices: np.ndarray, codes: dict[int, int]) -> None:
-        by_code: dict[int, list[int]] = {}
-        for n, c in codes.items():
-            if c != OK:
-                by_code.setdefault(c, []).append(n)
-        st.element_codes = {str(c): compress(ns) for c, ns in sorted(by_code.items())}
-        st.element_attempts = {"1": compress(indices)} if len(indices) else {}
-        st.attempts.append(
-            {
-                "attempt": len(st.attempts) + 1,
-                "submitted_elements": compress(indices),
-                "n_submitted": len(indices),
-                "succeeded": sum(1 for c in codes.values() if c == OK),
-                "failed": sum(1 for c in codes.values() if c in (USER_ERROR, MISSING_OUTPUT)),
-                "infrastructure": sum(1 for c in codes.values() if c == INFRASTRUCTURE),
-            }
-        )
+    # -- logs ------------------------------------------------------------------------------
+
+    def _log_call_outcome(
+        self, log: Callable[[str], None], st: StepStatus, code: int, message: str
+    ) -> None:
+        if st.exit_code == OK:
+            log(f"finished: outputs {', '.join(st.outputs)} written")
+            return
+        what = {
+            USER_ERROR: "User code raised an Exception",
+            MISSING_OUTPUT: "User code did not return every declared output",
+            INFRASTRUCTURE: "The task was lost to an infrastructure failure",
+        }.get(code, "failed")
+        st.message = message or what
+        log(f"{what} (exit code {st.exit_code}): {st.message}\nreturned the 'exception' output")
 
     def _log_map_outcome(
         self,
         log: Callable[[str], None],
         st: StepStatus,
         shape: tuple[int, ...],
-        failures: list[ElementResult],
+        codes: dict[int, int],
+        messages: dict[int, str],
     ) -> None:
         log(
-            f"{st.n_done} elements succeeded, {st.n_failed} failed in user code, "
-            f"{st.n_infra} lost to infrastructure failures"
+            f"{st.n_done} elements succeeded ({st.n_reused} of them taken from the store), "
+            f"{st.n_failed} failed in user code, {st.n_infra} lost to infrastructure failures"
         )
-        if not failures:
+        failed = sorted(n for n, c in codes.items() if c != OK)
+        if not failed:
             return
-        kinds = Counter(f.message.split(":", 1)[0] for f in failures)
-        log("failures by type: " + ", ".join(f"{n} x {k}" for k, n in kinds.most_common()))
-        for f in sorted(failures, key=lambda r: r.index)[:_MAX_LOGGED_FAILURES]:
-            key = MapSpec.output_key(f.index, shape)
-            log(f"  element {f.index} {key}: {f.message}")
-        if len(failures) > _MAX_LOGGED_FAILURES:
-            log(f"  ... and {len(failures) - _MAX_LOGGED_FAILURES} more (see the exception output)")
+        kinds = Counter(messages[n].split(":", 1)[0] for n in failed)
+        log("failures by type: " + ", ".join(f"{c} x {k}" for k, c in kinds.most_common()))
+        for n in failed[:_MAX_LOGGED_FAILURES]:
+            log(f"  element {n} {MapSpec.output_key(n, shape)}: {messages[n]}")
+        if len(failed) > _MAX_LOGGED_FAILURES:
+            more = len(failed) - _MAX_LOGGED_FAILURES
+            log(f"  ... and {more} more (see the exception output)")

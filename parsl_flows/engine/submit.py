@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+from ..lock import RunLock
 from ..run import Run
-from ..status import RunRecord, StepStatus
+from ..status import FINAL_RUN_STATES, RunRecord, StepStatus
 from ..store import default_store, write_pickle
 from ..workflow import Builder, Map
 from .environment import ExecutionEnvironment
-from .orchestrator import Execution
+from .orchestrator import Execution, StepLog
 from .pickling import register_for_workers
 
-__all__ = ["run", "submit"]
+__all__ = ["resume", "run", "submit"]
+
+logger = logging.getLogger(__name__)
 
 
 def _new_run_id(name: str) -> str:
@@ -25,11 +30,15 @@ def _new_run_id(name: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}"
 
 
-def submit(builder: Builder, *, store: str | os.PathLike[str] | None = None) -> Run:
+def submit(
+    builder: Builder, *, store: str | os.PathLike[str] | None = None, reuse: bool = True
+) -> Run:
     """Start running ``builder`` in the background and return its :class:`Run` at once.
 
     The run lives in ``<store>/runs/<run-id>``; ``store`` defaults to
-    ``$PARSL_FLOWS_STORE`` or ``./parsl-flows-store``.
+    ``$PARSL_FLOWS_STORE`` or ``./parsl-flows-store``.  A builder from
+    ``run.get_builder_restart()`` reuses that run's results whose code and inputs did not
+    change, unless ``reuse=False``.
     """
     if not isinstance(builder, Builder):
         raise TypeError(
@@ -78,13 +87,51 @@ def submit(builder: Builder, *, store: str | os.PathLike[str] | None = None) -> 
         environment=wf.environment.name,
         driver_pid=os.getpid(),
         driver_host=socket.gethostname(),
+        restarted_from=Path(builder.restarted_from).name if builder.restarted_from else None,
     ).save(run_dir)
 
-    execution = Execution(run_dir, wf, inputs, statuses, parsl_run_dir=root / "parsl-runinfo")
+    lock = RunLock(run_dir)
+    lock.acquire(StepLog(run_dir / "log.txt"))
+    origin = Path(builder.restarted_from) if reuse and builder.restarted_from else None
+    if origin is not None and not (origin / "run.json").exists():
+        StepLog(run_dir / "log.txt")(f"cannot reuse results: run {origin} is gone")
+        origin = None
+    execution = Execution(
+        run_dir, wf, inputs, statuses, root / "parsl-runinfo", lock=lock, reuse_from=origin
+    )
     execution.start()
     return Run(run_dir, execution=execution)
 
 
-def run(builder: Builder, *, store: str | os.PathLike[str] | None = None) -> Run:
+def run(
+    builder: Builder, *, store: str | os.PathLike[str] | None = None, reuse: bool = True
+) -> Run:
     """Like :func:`submit`, but wait for the run to end before returning it."""
-    return submit(builder, store=store).wait()
+    return submit(builder, store=store, reuse=reuse).wait()
+
+
+def resume(run: Run) -> Run:
+    """Carry on ``run`` in this process; see :meth:`Run.resume`."""
+    record = run.record
+    if record.status in FINAL_RUN_STATES:
+        logger.warning(
+            "run %s already ended (%s, exit code %s): nothing to resume",
+            record.run_id,
+            record.status,
+            record.exit_code,
+        )
+        return run
+    log = StepLog(run.path / "log.txt")
+    lock = RunLock(run.path)
+    lock.acquire(log)  # refuses while the old driver lives; stops its orphans otherwise
+    plan = run.plan
+    inputs = dict(run.inputs)
+    statuses = {s.name: s.record for s in run.steps}
+    record.driver_pid = os.getpid()
+    record.driver_host = socket.gethostname()
+    record.save(run.path)
+    log(f"resuming in pid {os.getpid()}: only what is not in the store is computed")
+    root = run.path.parents[1]
+    execution = Execution(run.path, plan, inputs, statuses, root / "parsl-runinfo", lock=lock)
+    execution.start()
+    return Run(run.path, execution=execution)

@@ -55,7 +55,7 @@ class TaskSpec:
     shape: tuple[int, ...]  # the output shape; () for a plain call
     sources: dict[str, Source]
     mapspec: str | None = None
-    attempt: int = 1
+    retry_on: tuple[type[BaseException], ...] | None = None  # None: every error may be retried
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class ElementResult:
     message: str = ""
     seconds: float = 0.0
     host: str = field(default="")
+    retryable: bool = True  # may a later attempt succeed? (the step's retry_on decides)
 
 
 # Workers are long-lived processes: keep recently used steps and inputs in memory so a
@@ -159,12 +160,14 @@ def run_task(task: TaskSpec) -> list[ElementResult]:
             for out, value in outputs.items():
                 write_pickle(element_path(step_dir / "return_values" / out, n), value)
             exc_file.unlink(missing_ok=True)
-            code, message = OK, ""
+            code, message, retryable = OK, "", True
         except Exception as e:
             code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
             message = _describe(e)
             for out in step.returns:  # an element is whole or absent, never half-written
                 element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
             write_pickle(exc_file, _storable(e))
-        results.append(ElementResult(n, code, message, time.perf_counter() - start, host))
+            retryable = task.retry_on is None or isinstance(e, task.retry_on)
+        seconds = time.perf_counter() - start
+        results.append(ElementResult(n, code, message, seconds, host, retryable))
     return results

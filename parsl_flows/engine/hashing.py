@@ -1,0 +1,169 @@
+"""Content keys for reuse: a step's code plus its inputs, per call and per map element.
+
+A key says "this computation again": a plain step's key combines the hash of its code
+with the keys of its inputs; a map element's key combines the code with the keys of its
+own mapped values and of the broadcast inputs.  Outputs of steps are keyed by the step
+(or element) that made them, so nothing produced is ever re-read to be hashed.  A value
+that cannot be hashed gives no key, and the step simply runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from types import CodeType, ModuleType
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+__all__ = ["KEY_DTYPE", "code_key", "combine", "element_keys_of_value", "value_key"]
+
+KEY_DTYPE = "S16"  # 128-bit keys, stored as fixed-width bytes in keys.npy
+
+
+def _digest(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.digest()
+
+
+def combine(*parts: bytes | str) -> bytes:
+    """One key from several (order matters)."""
+    return _digest(*(p.encode() if isinstance(p, str) else p for p in parts))
+
+
+def code_key(func: Any) -> tuple[bytes | None, str]:
+    """A key for a step's code, that stays the same when the code does.
+
+    Built from the bytecode, constants and names of the function and, recursively, of
+    the functions and steps it calls through its globals, plus the values of the other
+    globals, defaults and closure cells it reads.  (Pickle bytes are not stable: a plan
+    read back from the store pickles differently from the one first defined.)
+    """
+    try:
+        return _digest(_code_parts(func, set())), ""
+    except Exception as e:
+        return None, f"its code cannot be hashed ({type(e).__name__}: {e})"
+
+
+def _code_parts(func: Any, seen: set[int]) -> bytes:
+    func = getattr(func, "callable", func)  # a Step: its function
+    code = getattr(func, "__code__", None)
+    if code is None:  # a class, a builtin: known by name
+        return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', func)}".encode()
+    if id(code) in seen:
+        return b"<recursion>"
+    seen.add(id(code))
+    parts = [_code_bytes(code)]
+    globs = getattr(func, "__globals__", {})
+    for name in sorted(_names(code)):
+        if name not in globs:
+            continue
+        value = globs[name]
+        parts.append(name.encode())
+        parts.append(_reference_bytes(value, seen))
+    for value in (func.__defaults__, func.__kwdefaults__):
+        parts.append(_reference_bytes(value, seen))
+    for cell in func.__closure__ or ():
+        parts.append(_reference_bytes(cell.cell_contents, seen))
+    return _digest(*parts)
+
+
+def _reference_bytes(value: Any, seen: set[int]) -> bytes:
+    if isinstance(value, ModuleType):
+        return value.__name__.encode()
+    if callable(getattr(value, "callable", value)) and hasattr(
+        getattr(value, "callable", value), "__code__"
+    ):
+        return _code_parts(value, seen)
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}".encode()
+    key, _ = value_key(value)
+    return key or f"<unhashable {type(value).__name__}>".encode()
+
+
+def _names(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _names(const)
+    return names
+
+
+def _code_bytes(code: CodeType) -> bytes:
+    consts = [
+        _code_bytes(c) if isinstance(c, CodeType) else repr(c).encode() for c in code.co_consts
+    ]
+    return _digest(
+        code.co_code,
+        *consts,
+        repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode(),
+        repr((code.co_argcount, code.co_kwonlyargcount, code.co_name)).encode(),
+    )
+
+
+def value_key(value: Any) -> tuple[bytes | None, str]:
+    """A key for a value, from its pickle; ``(None, why)`` when it cannot be pickled."""
+    try:
+        return _digest(cloudpickle.dumps(value)), ""
+    except Exception as e:
+        return None, f"cannot hash a {type(value).__name__} ({type(e).__name__}: {e})"
+
+
+def element_keys_of_value(arr: np.ndarray, rank: int) -> np.ndarray | None:
+    """A key per element over the first ``rank`` axes of a mapped input array."""
+    shape = arr.shape[:rank]
+    keys = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=KEY_DTYPE)
+    for n, key in enumerate(np.ndindex(*shape)):
+        k, _ = value_key(arr[key])
+        if k is None:
+            return None
+        keys[n] = k
+    return keys.reshape(shape)
+
+
+MISSING_KEY = b"\0" * 16  # stands for a masked element inside a reduction or a whole array
+
+
+class KeyBook:
+    """The keys of every named value of one run, filled in as steps finish.
+
+    ``value`` holds a key per plain value (an input, a plain step's output); ``array``
+    holds a key per element of each map output (``MISSING_KEY`` where masked).  ``None``
+    anywhere means "cannot be keyed": the steps that depend on it are not reused.
+    """
+
+    def __init__(self) -> None:
+        self.value: dict[str, bytes | None] = {}
+        self.array: dict[str, np.ndarray | None] = {}
+        self.why: dict[str, str] = {}
+
+    def whole(self, name: str) -> bytes | None:
+        """The key of a value as one piece (a whole map output included)."""
+        if name in self.value:
+            return self.value[name]
+        keys = self.array.get(name)
+        return None if keys is None else combine(name, keys.tobytes(), repr(keys.shape))
+
+    def elements(self, name: str, mapped: np.ndarray | None, rank: int) -> np.ndarray | None:
+        """A key per element over ``rank`` axes of a mapped input.
+
+        Map outputs use their producer's element keys; plain outputs their own key and
+        the element's position; workflow inputs are hashed element by element.
+        """
+        if name in self.array:
+            return self.array[name]
+        if mapped is None or self.value.get(name) is None:
+            return None
+        return element_keys_of_value(mapped, rank)
+
+    def step_key(self, code: bytes | None, params: list[str]) -> bytes | None:
+        parts: list[bytes | str] = []
+        for p in sorted(params):
+            k = self.whole(p)
+            if k is None:
+                return None
+            parts += [p, k]
+        return None if code is None else combine(code, *parts)

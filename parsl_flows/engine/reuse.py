@@ -1,0 +1,85 @@
+"""Take finished results from an earlier run instead of computing them again.
+
+A restart (``run.get_builder_restart()``) remembers the run it came from.  For each step,
+elements whose key (code + inputs, see ``hashing``) matches an element that exists in
+that run are hard-linked into the new run's directory, so the new run is complete on its
+own and the old one can be deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..status import RunRecord
+from ..store import element_path, present_indices
+
+__all__ = ["link_file", "origin_step_dir", "reusable_elements"]
+
+KEYS_FILE = "keys.npy"
+
+
+def link_file(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (copy across filesystems); replaces ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def origin_step_dir(origin_run: Path, step_name: str) -> Path | None:
+    """The directory of the step called ``step_name`` in an earlier run, if it has one."""
+    try:
+        steps = RunRecord.load(origin_run).steps
+    except (FileNotFoundError, ValueError):
+        return None
+    for d in steps:
+        if d.split("-", 1)[1] == step_name:
+            return origin_run / "steps" / d
+    return None
+
+
+def reusable_elements(
+    origin_dir: Path, outputs: list[str], keys: np.ndarray, wanted: np.ndarray
+) -> list[tuple[int, int]]:
+    """``(new index, old index)`` pairs for wanted elements whose key exists in ``origin_dir``.
+
+    Only old elements that have every output are used.
+    """
+    try:
+        old_keys = np.load(origin_dir / KEYS_FILE)
+    except (FileNotFoundError, ValueError, OSError):
+        return []
+    present: set[int] | None = None
+    for out in outputs:
+        here = set(present_indices(origin_dir / "return_values" / out).tolist())
+        present = here if present is None else present & here
+    if not present:
+        return []
+    flat_old = old_keys.reshape(-1)
+    by_key = {bytes(flat_old[i]): i for i in present if i < flat_old.size}
+    flat_new = keys.reshape(-1)
+    pairs = []
+    for n in wanted.tolist():
+        old = by_key.get(bytes(flat_new[n]))
+        if old is not None:
+            pairs.append((n, old))
+    return pairs
+
+
+def link_elements(
+    origin_dir: Path, step_dir: Path, outputs: list[str], pairs: list[tuple[int, int]]
+) -> None:
+    for new, old in pairs:
+        for out in outputs:
+            link_file(
+                element_path(origin_dir / "return_values" / out, old),
+                element_path(step_dir / "return_values" / out, new),
+            )

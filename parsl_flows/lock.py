@@ -1,0 +1,170 @@
+"""One driver per run: a lock file with the owner's pid and host, and its Parsl helpers.
+
+The lock also lists the helper processes (HTEX interchange and worker pools) the driver
+started: a killed driver leaves them running, still executing queued tasks, and whoever
+takes over a stale lock stops them before resubmitting anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .store import write_json
+
+__all__ = ["RunLock", "RunLockedError"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "driver.lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process drives this run."""
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _alive(pid: int, create_time: float | None) -> bool:
+    """True if ``pid`` is the same process as recorded (not a reused pid)."""
+    now = _create_time(pid)
+    return now is not None and (create_time is None or abs(now - create_time) < 1.0)
+
+
+class RunLock:
+    """The lock of one run directory, held by this process while it drives the run."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self.run_id = run_dir.name
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self._helpers: list[list[float]] = []
+        self._parsl_run_dir: str | None = None
+
+    def _record(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "host": self.host,
+            "create_time": _create_time(self.pid),
+            "since": time.time(),
+            "helpers": self._helpers,
+            "parsl_run_dir": self._parsl_run_dir,
+        }
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path) as f:
+                data: dict[str, Any] = json.load(f)
+                return data
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def acquire(self, log: Callable[[str], None]) -> None:
+        """Take the lock; take over a stale one (its owner is dead); refuse a live one."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            self._take_over(log)
+            return
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._record(), f)
+
+    def _take_over(self, log: Callable[[str], None]) -> None:
+        owner = self.read() or {}
+        pid, host = owner.get("pid"), owner.get("host")
+        if pid == self.pid and host == self.host:
+            write_json(self.path, self._record())
+            return
+        if host != self.host:
+            raise RunLockedError(
+                f"run {self.run_id} is driven by pid {pid} on host {host}; this host cannot "
+                f"tell whether it is alive. Stop it there, or delete {self.path} if it is gone"
+            )
+        if isinstance(pid, int) and _alive(pid, owner.get("create_time")):
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
+            raise RunLockedError(
+                f"run {self.run_id} is already being driven by pid {pid} on {host} (since "
+                f"{since}); wait for it to end or stop that process, then resume"
+            )
+        log(f"taking over the stale lock of driver pid {pid} on {host} (that process is gone)")
+        self._stop_orphans(owner.get("helpers") or [], owner.get("parsl_run_dir"), log)
+        write_json(self.path, self._record())
+
+    @staticmethod
+    def _stop_orphans(
+        helpers: list[list[float]], parsl_run_dir: str | None, log: Callable[[str], None]
+    ) -> None:
+        """Stop the dead driver's interchange and its worker pools.
+
+        The interchange is known by pid; worker pools were detached by Parsl's
+        LocalProvider, but name the driver's Parsl run directory on their command line.
+        """
+        procs = []
+        for pid, created in helpers:
+            if _alive(int(pid), created):
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(int(pid))
+                    procs.extend([p, *p.children(recursive=True)])
+        if parsl_run_dir:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(p.info.get("cmdline") or [])
+                if parsl_run_dir.rstrip("/") + "/" in cmd and p.pid != os.getpid():
+                    with contextlib.suppress(psutil.Error):
+                        procs.extend([p, *p.children(recursive=True)])
+        if not procs:
+            return
+        log(f"stopping {len(procs)} Parsl process(es) the dead driver left running")
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+    def note_helpers(self, parsl_run_dir: str | None) -> None:
+        """Record the Parsl processes this driver started (so a successor can stop them)."""
+        found = []
+        with contextlib.suppress(psutil.Error):
+            for p in psutil.Process(self.pid).children(recursive=False):
+                with contextlib.suppress(psutil.Error):
+                    cmd = " ".join(p.cmdline())
+                    if "interchange" in cmd or "process_worker_pool" in cmd or "parsl" in cmd:
+                        found.append([p.pid, p.create_time()])
+        if sorted(found) != sorted(self._helpers) or parsl_run_dir != self._parsl_run_dir:
+            self._helpers = found
+            self._parsl_run_dir = parsl_run_dir
+            write_json(self.path, self._record())
+
+    def release(self) -> None:
+        owner = self.read()
+        if owner and owner.get("pid") == self.pid and owner.get("host") == self.host:
+            self.path.unlink(missing_ok=True)
+
+
+def driver_alive(run_dir: Path) -> bool | None:
+    """Is the run's driver alive?  None when this host cannot tell (another host)."""
+    lock = RunLock(run_dir)
+    owner = lock.read()
+    if owner is None:
+        return False
+    if owner.get("host") != lock.host:
+        return None
+    pid = owner.get("pid")
+    return isinstance(pid, int) and _alive(pid, owner.get("create_time"))
