@@ -50,6 +50,7 @@ class StepStatus:
     element_attempts: dict[str, str] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     executor: str | None = None
+    batch_jobs: list[str] = field(default_factory=list)  # Slurm job ids its tasks ran in
     started: float | None = None
     finished: float | None = None
 

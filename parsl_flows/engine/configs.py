@@ -1,17 +1,23 @@
 """Ready Parsl configurations.  ``configs/*.py`` at the top of the repository wraps these.
 
+Local: a HighThroughputExecutor on this machine, or threads.  Slurm: HighThroughputExecutors
+whose blocks are Slurm jobs, one per resource class of the steps.
+
 Both are plain ``parsl.config.Config`` objects: print one to see every setting.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.launchers import SingleNodeLauncher
 from parsl.providers import LocalProvider
+from parsl.providers import SlurmProvider as _ParslSlurmProvider
 
-__all__ = ["local_config", "thread_config"]
+__all__ = ["SlurmProvider", "local_config", "slurm_config", "slurm_executor", "thread_config"]
 
 
 def local_config(max_workers: int | None = None, label: str = "local") -> Config:
@@ -50,6 +56,104 @@ def thread_config(max_threads: int | None = None, label: str = "threads") -> Con
     return Config(
         executors=[ThreadPoolExecutor(label=label, max_threads=max_threads or os.cpu_count() or 1)],
         strategy_period=0.5,
+        initialize_logging=False,
+        usage_tracking=0,
+    )
+
+
+class SlurmProvider(_ParslSlurmProvider):
+    """Parsl's SlurmProvider, polling Slurm every ``status_poll_seconds`` (Parsl: 60).
+
+    A block that dies at start (a bad ``worker_init``) is noticed only when Slurm is next
+    polled; 30 s reports it within about a minute without hammering ``squeue``.
+    """
+
+    def __init__(self, *args: Any, status_poll_seconds: int = 30, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.status_poll_seconds = status_poll_seconds
+
+    @property
+    def status_polling_interval(self) -> int:
+        return self.status_poll_seconds
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"PARSL_FLOWS_SLURM_{name.upper()}", default)
+
+
+def slurm_executor(
+    label: str = "slurm",
+    *,
+    partition: str | None = None,
+    account: str | None = None,
+    qos: str | None = None,
+    walltime: str | None = None,
+    nodes_per_block: int | None = None,
+    max_blocks: int | None = None,
+    cores_per_node: int | None = None,
+    cores_per_worker: int = 1,
+    memory_mb: int | None = None,
+    worker_init: str | None = None,
+    exclusive: bool | None = None,
+    scheduler_options: str | None = None,
+    address: str | None = None,
+    status_poll_seconds: int | None = None,
+) -> HighThroughputExecutor:
+    """One HighThroughputExecutor whose blocks are Slurm jobs.
+
+    Every argument left ``None`` comes from ``PARSL_FLOWS_SLURM_<NAME>`` (e.g.
+    ``PARSL_FLOWS_SLURM_PARTITION``) or a default that suits the local test cluster of
+    ``tools/local-slurm.sh``.  ``cores_per_worker`` and ``memory_mb`` size the workers of
+    one resource class: each worker gets that many cores, and the block asks Slurm for
+    the memory of all its workers (``#SBATCH --mem``).
+    """
+    partition = partition or _env("partition")
+    walltime = walltime or _env("walltime", "00:30:00")
+    cores = int(cores_per_node or _env("cores_per_node", 0) or 0) or None
+    workers = max(1, (cores or cores_per_worker) // cores_per_worker)
+    options = scheduler_options if scheduler_options is not None else _env("scheduler_options", "")
+    options = options.replace("\\n", "\n")
+    if memory_mb is not None:
+        options += f"\n#SBATCH --mem={memory_mb * workers}M"
+    if cores is not None:
+        options += f"\n#SBATCH --cpus-per-task={cores}"
+    provider = SlurmProvider(
+        partition=partition,
+        account=account or _env("account"),
+        qos=qos or _env("qos"),
+        walltime=walltime,
+        nodes_per_block=int(nodes_per_block or _env("nodes_per_block", 1)),
+        init_blocks=0,
+        min_blocks=0,
+        max_blocks=int(max_blocks or _env("max_blocks", 1)),
+        exclusive=_truthy(exclusive if exclusive is not None else _env("exclusive", "false")),
+        scheduler_options=options.strip(),
+        worker_init=worker_init if worker_init is not None else _env("worker_init", ""),
+        launcher=SingleNodeLauncher(),
+        status_poll_seconds=int(status_poll_seconds or _env("poll_seconds", 30)),
+    )
+    return HighThroughputExecutor(
+        label=label,
+        address=address or _env("address"),
+        max_workers_per_node=workers,
+        cores_per_worker=cores_per_worker,
+        heartbeat_period=5,
+        heartbeat_threshold=30,
+        poll_period=10,
+        provider=provider,
+    )
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def slurm_config(**kwargs: Any) -> Config:
+    """A Parsl Config with one Slurm-backed HighThroughputExecutor (see :func:`slurm_executor`)."""
+    return Config(
+        executors=[slurm_executor(**kwargs)],
+        strategy_period=1,
+        max_idletime=60,  # give idle Slurm blocks back after a minute
         initialize_logging=False,
         usage_tracking=0,
     )

@@ -14,27 +14,47 @@ from __future__ import annotations
 import logging
 import os
 import runpy
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from parsl.config import Config
+from parsl.executors.base import ParslExecutor
 
+from ..step import Resources
 from . import configs
+from .slurm import SlurmSite, describe, slurm_parts
 
-__all__ = ["ExecutionEnvironment", "execution_environment", "from_config", "from_file"]
+__all__ = [
+    "ExecutionEnvironment",
+    "execution_environment",
+    "from_config",
+    "from_file",
+    "known_computers",
+]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExecutionEnvironment:
-    """A named recipe for a Parsl Config.  ``name`` identifies it within one driver."""
+    """A named recipe for a Parsl Config.  ``name`` identifies it within one driver.
+
+    ``make_executor(resources, label)``, when set, makes an executor for steps that ask
+    for ``resources`` (one per resource class, so Parsl places each step correctly);
+    ``check(workflow)``, when set, raises before anything is submitted if the workflow
+    cannot run there (no ``sbatch``, an unknown partition, a step bigger than a node).
+    """
 
     name: str
     make_config: Callable[[], Config] = field(repr=False, compare=False)
     description: str = ""
+    make_executor: Callable[[Resources, str], ParslExecutor] | None = field(
+        default=None, repr=False, compare=False
+    )
+    check: Callable[[Any], None] | None = field(default=None, repr=False, compare=False)
 
     def config(self) -> Config:
         cfg = self.make_config()
@@ -48,10 +68,15 @@ def execution_environment(
     computer: str,
     queue: tuple[str, int] | None = None,
 ) -> ExecutionEnvironment:
-    """The environment for ``computer``: ``"localhost"`` is this machine.
+    """The environment for ``computer``: ``"localhost"`` is this machine, others are Slurm.
 
     ``execution_environment(None, "localhost")`` runs steps on a local Parsl
     HighThroughputExecutor with one worker per core, in the driver's Python.
+    ``execution_environment("py39", "my-cluster", queue=("some-queue", 24))`` runs them in
+    Slurm jobs on partition ``some-queue`` (24 cores per node), with the conda
+    environment ``py39`` activated on the workers.  Computers named in the computers
+    file (``~/.config/parsl_flows/computers.toml`` or ``$PARSL_FLOWS_COMPUTERS``) supply
+    their partition, cores, account and ``worker_init``; ``queue`` overrides them.
     """
     if computer in ("localhost", "local"):
         if conda_env is not None:
@@ -67,11 +92,57 @@ def execution_environment(
         )
     if computer == "threads":
         return ExecutionEnvironment("threads", configs.thread_config, "thread pool in the driver")
-    raise ValueError(
-        f"unknown computer {computer!r}: known computers are 'localhost' and 'threads'. For "
-        "any other Parsl setup, use flows.engine.execution_environment.from_config(config) "
-        "or .from_file('configs/....py')"
+    computers = known_computers()
+    site_settings = dict(computers.get(computer, {}))
+    if queue is not None:
+        if not (isinstance(queue, tuple | list) and len(queue) == 2):
+            raise ValueError(
+                f"queue must be (partition, cores_per_node), e.g. ('debug', 2), not {queue!r}"
+            )
+        site_settings["partition"], site_settings["cores_per_node"] = queue
+    if computer not in computers and queue is None:
+        known = ", ".join(["localhost", "threads", *sorted(computers)])
+        raise ValueError(
+            f"unknown computer {computer!r}; known computers: {known}. Name a Slurm "
+            f"partition with queue=(partition, cores_per_node), or describe {computer!r} in "
+            f"{computers_file()}"
+        )
+    site = SlurmSite.from_settings(computer, conda_env, site_settings)
+    make_config, make_executor, check = slurm_parts(site)
+    return ExecutionEnvironment(
+        f"{computer}-{site.partition or 'default'}",
+        make_config,
+        describe(site),
+        make_executor=make_executor,
+        check=check,
     )
+
+
+def computers_file() -> Path:
+    """Where computers are described: ``$PARSL_FLOWS_COMPUTERS`` or the user's config dir."""
+    env = os.environ.get("PARSL_FLOWS_COMPUTERS")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "parsl_flows" / "computers.toml"
+
+
+def known_computers() -> dict[str, dict[str, Any]]:
+    """The computers of the computers file (a TOML table per computer)."""
+    path = computers_file()
+    if not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"cannot read the computers file {path}: {e}") from None
+    bad = [k for k, v in data.items() if not isinstance(v, dict)]
+    if bad:
+        raise ValueError(
+            f"{path}: {', '.join(bad)} should be tables such as [{bad[0]}] with partition = ..."
+        )
+    return data
 
 
 _from_config_count = 0

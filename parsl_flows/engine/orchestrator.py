@@ -108,7 +108,6 @@ class Execution:
         self.thread = threading.Thread(
             target=self._main, name=f"parsl_flows-{run_dir.name}", daemon=False
         )
-        self.label = ""
         self.keys = KeyBook()
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self.done = threading.Event()
@@ -143,7 +142,7 @@ class Execution:
     def _schedule(self) -> int:
         wf = self.workflow
         self.log(f"workflow {wf.name!r} started ({len(wf.nodes)} steps)")
-        self.label = runner.executors_for(wf.environment, self.parsl_run_dir)[0]
+        runner.executors_for(wf.environment, self.parsl_run_dir)
         self._note_helpers()
         sources: dict[str, Source] = {
             name: Source("value", str(self.run_dir / "inputs" / f"{name}.pickle"))
@@ -215,7 +214,9 @@ class Execution:
         st = self.statuses[node.name]
         st.state = "running"
         st.started = time.time()
-        st.executor = self.label
+        st.executor = runner.executor_for(
+            self.workflow.environment, node.step.resources, self.parsl_run_dir
+        )
         st.exit_code = None
         st.message = ""
         st.missing_inputs = []
@@ -349,7 +350,7 @@ class Execution:
                 masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
                 log(
                     f"attempt {attempt}: submitting {len(todo)} elements{masked} as "
-                    f"{len(tasks)} Parsl task(s) to executor {self.label!r}; "
+                    f"{len(tasks)} Parsl task(s) to executor {st.executor!r}; "
                     f"submitted_elements={compress(todo)}"
                 )
             else:
@@ -552,15 +553,18 @@ class Execution:
     ) -> list[ElementResult]:
         """Submit ``tasks``, follow them to the end, and count their elements as they finish."""
         step_dir = self.step_dir(st)
-        futures = {runner.submit(self.label, task): task for task in tasks}
+        assert st.executor is not None
+        futures = {runner.submit(st.executor, task): task for task in tasks}
         self._note_helpers()
         results: list[ElementResult] = []
         last_flush = time.monotonic()
         for fut in as_completed(futures):
             task = futures[fut]
             exc = fut.exception()
-            got = fut.result() if exc is None else self._lost(task, st.outputs, exc, log)
+            got = fut.result() if exc is None else self._lost(task, st, exc, log)
             for r in got:
+                if r.batch_job and r.batch_job not in st.batch_jobs:
+                    st.batch_jobs.append(r.batch_job)
                 if r.code == OK:
                     st.n_done += 1
                 elif r.code == INFRASTRUCTURE:
@@ -575,18 +579,21 @@ class Execution:
         return results
 
     def _lost(
-        self, task: TaskSpec, outputs: list[str], exc: BaseException, log: Callable[[str], None]
+        self, task: TaskSpec, st: StepStatus, exc: BaseException, log: Callable[[str], None]
     ) -> list[ElementResult]:
         """Results for a task that Parsl reports failed: its worker died, or worse.
 
         Elements that finished before the failure have their files and count as done.
         """
         cause = _LOST.get(type(exc).__name__, f"task failed in Parsl ({type(exc).__name__})")
-        detail = str(exc)
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        if type(exc).__name__ in ("BadStateException", "TooManyJobFailuresError"):
+            jobs = runner.batch_jobs(str(st.executor))
+            cause = "block failed" + (f" (scheduler job(s) {', '.join(jobs)})" if jobs else "")
         step_dir = Path(task.step_dir)
         results = []
         for n in task.indices:
-            if all(element_path(step_dir / "return_values" / o, n).exists() for o in outputs):
+            if all(element_path(step_dir / "return_values" / o, n).exists() for o in st.outputs):
                 results.append(ElementResult(n, OK))
             elif element_path(step_dir / "exception", n).exists():
                 results.append(ElementResult(n, USER_ERROR, "raised before the task was lost"))

@@ -20,6 +20,7 @@ from typing import Any
 from parsl.app.python import PythonApp
 from parsl.dataflow.dflow import DataFlowKernel
 
+from ..step import Resources
 from .environment import ExecutionEnvironment
 from .worker import TaskSpec, run_task
 
@@ -52,6 +53,7 @@ class Runner:
         self._lock = threading.RLock()
         self._dfk: DataFlowKernel | None = None
         self._labels: dict[str, list[str]] = {}  # environment name -> executor labels
+        self._class_labels: dict[tuple[str, Resources], str] = {}  # per resource class
         self._apps: dict[str, PythonApp] = {}
         self._atexit_registered = False
 
@@ -88,6 +90,40 @@ class Runner:
             self._labels[env.name] = labels
             return labels
 
+    def executor_for(self, env: ExecutionEnvironment, resources: Resources, run_dir: Path) -> str:
+        """The executor for steps of ``env`` that ask for ``resources``.
+
+        Steps without resources, and environments that cannot size executors (local
+        ones), use the environment's first executor.  Each new resource class adds an
+        executor to the running kernel, so its blocks are sized for it.
+        """
+        default = self.executors_for(env, run_dir)[0]
+        if not resources or env.make_executor is None:
+            return default
+        with self._lock:
+            key = (env.name, resources)
+            if key not in self._class_labels:
+                parts = [env.name]
+                if resources.cores:
+                    parts.append(f"{resources.cores}c")
+                if resources.memory_mb:
+                    parts.append(f"{resources.memory_mb}mb")
+                if resources.walltime_s:
+                    parts.append(f"{resources.walltime_s}s")
+                label = "-".join(parts)
+                executor = env.make_executor(resources, label)
+                logger.info("adding executor %s for resources %s", label, resources.as_dict())
+                assert self._dfk is not None
+                self._dfk.add_executors([executor])
+                self._class_labels[key] = label
+            return self._class_labels[key]
+
+    def batch_jobs(self, label: str) -> list[str]:
+        """The scheduler job ids of the blocks an executor has started (Slurm job ids)."""
+        executor = None if self._dfk is None else self._dfk.executors.get(label)
+        jobs = getattr(executor, "blocks_to_job_id", {}) or {}
+        return [str(j) for j in jobs.values()]
+
     def submit(self, label: str, task: TaskSpec) -> Future[Any]:
         """Send one task to the executor ``label``; the future resolves to element results."""
         with self._lock:
@@ -102,6 +138,7 @@ class Runner:
         with self._lock:
             dfk, self._dfk = self._dfk, None
             self._labels.clear()
+            self._class_labels.clear()
             self._apps.clear()
         if dfk is not None:
             logger.info("shutting down Parsl")

@@ -53,6 +53,8 @@ def submit(
             "environment; use flows.engine.execution_environment(None, 'localhost') or "
             "execution_environment.from_config(parsl_config)"
         )
+    if wf.environment.check is not None:
+        wf.environment.check(wf)  # e.g. no sbatch, no such partition: say so before any work
     inputs: dict[str, Any] = dict(builder.kwargs)
     root = default_store(store)
     run_dir = root / "runs" / _new_run_id(wf.name)

@@ -68,6 +68,7 @@ class ElementResult:
     seconds: float = 0.0
     host: str = field(default="")
     retryable: bool = True  # may a later attempt succeed? (the step's retry_on decides)
+    batch_job: str = ""  # the scheduler job the worker ran in (SLURM_JOB_ID), if any
 
 
 # Workers are long-lived processes: keep recently used steps and inputs in memory so a
@@ -146,6 +147,7 @@ def run_task(task: TaskSpec) -> list[ElementResult]:
     mapped = set(spec.input_names) if spec else set()
     broadcast = {name: _whole(src) for name, src in task.sources.items() if name not in mapped}
     host = os.uname().nodename
+    batch_job = os.environ.get("SLURM_JOB_ID", "")
     results = []
     for n in task.indices:
         start = time.perf_counter()
@@ -169,5 +171,5 @@ def run_task(task: TaskSpec) -> list[ElementResult]:
             write_pickle(exc_file, _storable(e))
             retryable = task.retry_on is None or isinstance(e, task.retry_on)
         seconds = time.perf_counter() - start
-        results.append(ElementResult(n, code, message, seconds, host, retryable))
+        results.append(ElementResult(n, code, message, seconds, host, retryable, batch_job))
     return results

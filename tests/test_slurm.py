@@ -1,0 +1,131 @@
+"""The cluster path against a real Slurm (slurmctld + slurmd + munge).
+
+Start one with ``bash tools/local-slurm.sh start``.  Without a reachable Slurm these tests
+skip, except in CI (``CI=true``), where a missing Slurm is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import seed_flows as seed
+
+import parsl_flows as flows
+from parsl_flows import step
+from parsl_flows.engine.runner import runner
+from parsl_flows.workflow import new_workflow
+
+
+def _slurm_reachable() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+if not _slurm_reachable():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI needs a running Slurm: .ci/run starts it with tools/local-slurm.sh")
+    pytest.skip(
+        "no Slurm reachable (start one: bash tools/local-slurm.sh start)", allow_module_level=True
+    )
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster_env():
+    return flows.engine.execution_environment(None, "localcluster", queue=("debug", 2))
+
+
+def run(flow, env, store, **inputs):
+    return flows.submit(flows.workflow.build(flow.on(env), **inputs), store=store).wait(600)
+
+
+def test_seed_workflow_on_slurm_matches_the_local_run(cluster_env, local_env, tmp_path):
+    inputs = seed.seed_inputs(mesh_error=False, failure_probability=0.0)
+    on_slurm = run(seed.new_flow, cluster_env, tmp_path / "slurm", **inputs)
+    local = run(seed.new_flow, local_env, tmp_path / "local", **inputs)
+    assert on_slurm.exit_code == local.exit_code == 450
+    for name in ("modified_electrostatics", "modified_get_charge"):
+        a = on_slurm.step(name).outputs.return_values
+        b = local.step(name).outputs.return_values
+        out = a[next(iter(a))]
+        np.testing.assert_array_equal(out.mask, b[next(iter(b))].mask)
+    assert on_slurm.called[4].attributes["submitted_elements"] == "2-17,22-37,42-57,62-77"
+    avg = on_slurm.outputs.return_values.avg_electrostatic_charge.fetch_value()
+    assert avg == pytest.approx(local.outputs.return_values.avg_electrostatic_charge.fetch_value())
+    for s in on_slurm.called:
+        jobs = s.record.batch_jobs
+        assert jobs and all(j.isdigit() for j in jobs), (s.name, jobs)
+    assert all(not s.record.batch_jobs for s in local.called)
+
+
+@step(returns="pid", resources={"memory": "1GB", "cores": 1})
+def sized_step(x: int) -> str:
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def test_a_resource_class_gets_its_own_block_of_that_size(cluster_env, tmp_path):
+    r = run(new_workflow("sized").then(sized_step), cluster_env, tmp_path, x=1)
+    assert r.exit_code == 0, flows.report.log(r)
+    rec = r.called[0].record
+    assert rec.executor.endswith("-1c-1024mb")
+    job = r.outputs.return_values.pid.fetch_value()
+    assert rec.batch_jobs == [job]
+    scripts = Path(runner.dfk.run_dir) / "submit_scripts"
+    texts = [
+        p.read_text() for p in scripts.iterdir() if not p.name.endswith((".stdout", ".stderr"))
+    ]
+    sized = [t for t in texts if "--mem=1024M" in t]
+    assert sized, "no batch script asked for the step's memory"
+    assert "#SBATCH --cpus-per-task=1" in sized[0]
+
+
+@step(returns="big", resources={"cores": 64})
+def too_big(x: int) -> int:
+    return x
+
+
+def test_a_step_bigger_than_a_node_is_rejected_before_submission(cluster_env, tmp_path):
+    builder = flows.workflow.build(new_workflow("huge").then(too_big).on(cluster_env), x=1)
+    with pytest.raises(ValueError, match="asks for 64 cores, but the nodes of partition 'debug'"):
+        flows.submit(builder, store=tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_partition_is_rejected_before_submission(tmp_path):
+    env = flows.engine.execution_environment(None, "localcluster", queue=("nosuchq", 2))
+    builder = flows.workflow.build(new_workflow("g").then(seed.make_geometry).on(env), x=1, y=2)
+    with pytest.raises(ValueError, match=r"no partition 'nosuchq'.*debug"):
+        flows.submit(builder, store=tmp_path)
+
+
+def test_a_block_that_cannot_start_is_reported_and_does_not_hang(tmp_path, monkeypatch):
+    computers = tmp_path / "computers.toml"
+    computers.write_text(
+        "[badcluster]\n"
+        'partition = "debug"\n'
+        "cores_per_node = 1\n"
+        "poll_seconds = 2\n"
+        "worker_init = \"echo 'cannot load the environment' >&2; exit 3\"\n"
+    )
+    monkeypatch.setenv("PARSL_FLOWS_COMPUTERS", str(computers))
+    env = flows.engine.execution_environment(None, "badcluster")
+    r = run(new_workflow("bad").then(seed.make_geometry), env, tmp_path / "store", x=1.0, y=2.0)
+    assert r.exit_code == 450
+    s = r.called[0]
+    assert s.exit_code == 402
+    exc = s.outputs.exception.fetch_value()
+    assert exc.cause.startswith("block failed (scheduler job(s) ")
+    assert "cannot load the environment" in str(exc)
+    assert "block failed" in flows.report.log(s)
+    assert "block failed" in flows.report.progress(r)
