@@ -5,6 +5,8 @@
 >>> from parsl_flows.workflow import first, concurrently, map_, new_workflow
 """
 
+from typing import Any
+
 from . import engine, mapspec, report, workflow
 from .engine import execution_environment, run, submit
 from .mapspec import MapSpec
@@ -14,6 +16,16 @@ from .store import FileBasedObjectArray
 from .workflow import build, concurrently, first, map_, new_workflow
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # xarray (and pandas) load only when results are asked for, not on every worker.
+    if name == "input_samples":
+        from .dataset import input_samples
+
+        return input_samples
+    raise AttributeError(f"module 'parsl_flows' has no attribute {name!r}")
+
 
 __all__ = [
     "FileBasedObjectArray",
@@ -27,6 +39,7 @@ __all__ = [
     "engine",
     "execution_environment",
     "first",
+    "input_samples",
     "load_run",
     "map_",
     "mapspec",

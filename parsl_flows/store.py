@@ -29,10 +29,13 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "FileBasedObjectArray",
@@ -201,6 +204,23 @@ class FileBasedObjectArray:
     def fetch_value(self) -> np.ma.MaskedArray:
         """Same as :meth:`to_array`."""
         return self.to_array()
+
+    def to_xarray(self, name: str | None = None) -> xr.Dataset:
+        """The elements as an ``xarray.Dataset``: ``<name>`` and ``<name>_mask``.
+
+        A map output in a run also gets its step's dimensions, coordinates, errors and
+        attempts (see ``parsl_flows.dataset``).
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "y"
+        >>> write_pickle(element_path(folder, 1), 2.5)
+        >>> ds = FileBasedObjectArray(folder, (2,)).to_xarray()
+        >>> ds.y.values.tolist(), ds.y_mask.values.tolist()
+        ([nan, 2.5], [True, False])
+        """
+        from .dataset import array_to_xarray
+
+        return array_to_xarray(self, name=name)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (FileBasedObjectArray, (str(self.folder), self.shape))
