@@ -83,9 +83,8 @@ def main() -> None:
     print(f"{'':12} {'seconds':>9} {'elements/s':>11} {'vs bare Parsl':>14} {'driver peak MB':>15}")
     print(f"{'serial':12} {serial:9.3f} {n / serial:11.0f} {bare / serial:13.1f}x {'':>15}")
     print(f"{'bare Parsl':12} {bare:9.3f} {n / bare:11.0f} {1.0:13.1f}x {bare_mem / 1e6:15.1f}")
-    print(
-        f"{'parsl_flows':12} {mine:9.3f} {n / mine:11.0f} {bare / mine:13.1f}x {mine_mem / 1e6:15.1f}"
-    )
+    ratio, mem = bare / mine, mine_mem / 1e6
+    print(f"{'parsl_flows':12} {mine:9.3f} {n / mine:11.0f} {ratio:13.1f}x {mem:15.1f}")
 
 
 if __name__ == "__main__":
