@@ -5,6 +5,7 @@
 >>> from parsl_flows.workflow import first, concurrently, map_, new_workflow
 """
 
+import importlib
 from typing import Any
 
 from . import engine, mapspec, report, workflow
@@ -24,6 +25,8 @@ def __getattr__(name: str) -> Any:
         from .dataset import input_samples
 
         return input_samples
+    if name == "dataset":
+        return importlib.import_module(".dataset", __name__)
     raise AttributeError(f"module 'parsl_flows' has no attribute {name!r}")
 
 

@@ -19,6 +19,8 @@ from .store import FileBasedObjectArray, default_store, element_path, load_pickl
 from .workflow import Builder, Inputs, Workflow
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from .engine.orchestrator import Execution
 
 __all__ = ["Namespace", "Run", "StepRun", "StoredValue", "load_run"]
@@ -147,6 +149,12 @@ class StepRun:
             )
         return Namespace(f"step {rec.name!r}", entries)
 
+    def dataset(self) -> xr.Dataset:
+        """This map step's results as an ``xarray.Dataset`` (see ``parsl_flows.dataset``)."""
+        from .dataset import step_dataset
+
+        return step_dataset(self)
+
     def __repr__(self) -> str:
         rec = self.record
         return f"<StepRun {rec.name!r}: {rec.state}, exit code {rec.exit_code}>"
@@ -271,6 +279,12 @@ class Run:
             return (self.path / "log.txt").read_text()
         except FileNotFoundError:
             return ""
+
+    def dataset(self) -> xr.Dataset:
+        """Every map output of the run in one ``xarray.Dataset`` (see ``parsl_flows.dataset``)."""
+        from .dataset import run_dataset
+
+        return run_dataset(self)
 
     def __repr__(self) -> str:
         rec = self.record

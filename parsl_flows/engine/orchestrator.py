@@ -130,6 +130,13 @@ class Execution:
             record.message = f"the engine failed: {type(e).__name__}: {e}"
             self.log(record.message)
         record.finished = time.time()
+        if any(isinstance(n, Map) for n in self.workflow.nodes):
+            try:
+                from ..dataset import write_run_dataset
+
+                write_run_dataset(self.run_dir)
+            except Exception as e:  # the results are in the store either way
+                self.log(f"could not write the run's dataset.nc: {type(e).__name__}: {e}")
         record.save(self.run_dir)
         self.log(f"workflow finished: status {record.status}, exit code {record.exit_code}")
         self.lock.release()
@@ -235,6 +242,10 @@ class Execution:
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
         st.save(self.step_dir(st))
+        if isinstance(node, Map):
+            from ..dataset import write_step_dataset  # xarray loads in the driver only
+
+            write_step_dataset(self.step_dir(st), quiet=True)  # dataset.nc; never raises
         if st.state == "skipped":
             verdict = st.message
         else:

@@ -1,0 +1,638 @@
+"""Map results as labelled data: xarray Datasets, dataset.nc files and input samples."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import seed_flows as seed
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import parsl_flows as flows
+from parsl_flows import dataset, step
+from parsl_flows.dataset import (
+    array_to_xarray,
+    input_samples,
+    load_elements,
+    run_dataset,
+    step_dataset,
+    write_run_dataset,
+    write_step_dataset,
+)
+from parsl_flows.store import FileBasedObjectArray, element_path, write_pickle
+from parsl_flows.workflow import concurrently, map_, new_workflow
+
+# -- arrays on their own (no run, no Parsl) ------------------------------------------------
+
+
+def array_in(folder: Path, values: dict[int, object], shape: tuple[int, ...]):
+    for n, v in values.items():
+        write_pickle(element_path(folder, n), v)
+    return FileBasedObjectArray(folder, shape)
+
+
+def test_numbers_become_floats_with_nan_exactly_where_masked(tmp_path: Path) -> None:
+    arr = array_in(tmp_path / "y", {0: 1.0, 1: 2, 3: np.float32(4.0)}, (2, 2))
+    ds = arr.to_xarray()
+    assert ds.y.dims == ("dim_0", "dim_1")
+    assert ds.y.dtype == np.float64
+    assert ds.y_mask.values.tolist() == [[False, False], [True, False]]
+    np.testing.assert_array_equal(np.isnan(ds.y.values), ds.y_mask.values)
+    assert ds.y.values[~ds.y_mask.values].tolist() == [1.0, 2.0, 4.0]
+
+
+def test_numeric_arrays_of_one_shape_add_element_dimensions(tmp_path: Path) -> None:
+    arr = array_in(tmp_path / "f", {0: np.ones((3, 4)), 2: np.zeros((3, 4))}, (3,))
+    ds = array_to_xarray(arr)
+    assert ds.f.dims == ("dim_0", "f_dim_0", "f_dim_1")
+    assert ds.f.shape == (3, 3, 4) and ds.f.dtype == np.float64
+    assert np.isnan(ds.f.values[1]).all() and ds.f.values[0].sum() == 12
+
+
+def test_integers_and_booleans_keep_their_dtype_and_rely_on_the_mask(tmp_path: Path) -> None:
+    ints = array_in(tmp_path / "n", {0: 3, 2: 5}, (3,)).to_xarray()
+    assert ints.n.dtype == np.int64
+    assert ints.n.values.tolist() == [3, 0, 5]
+    assert ints.n.where(~ints.n_mask).values[1] != ints.n.where(~ints.n_mask).values[1]  # NaN
+    bools = array_in(tmp_path / "ok", {0: True, 1: np.bool_(False)}, (2,)).to_xarray()
+    assert bools.ok.dtype == bool and bools.ok.values.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {0: 1.0, 1: "text"},  # a number and a string
+        {0: np.ones(3), 1: np.ones(4)},  # arrays of different shapes
+        {0: [1.0, 2.0], 1: [3.0, 4.0]},  # lists are objects, not arrays
+        {0: 2**80},  # too big for any numeric dtype
+    ],
+)
+def test_anything_else_stays_objects(tmp_path: Path, values: dict) -> None:
+    ds = array_in(tmp_path / "o", values, (3,)).to_xarray()
+    assert ds.o.dtype == object
+    assert ds.o_mask.values.tolist() == [n not in values for n in range(3)]
+    got = ds.o.values
+    for n, v in values.items():
+        assert np.array_equal(got[n], v)
+    assert got[2] is None
+
+
+def test_numeric_outputs_too_big_to_hold_stay_lazy_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dataset, "MAX_NUMERIC_BYTES", 2 * 12 * 8)  # two (3, 4) float arrays
+    ds = array_in(tmp_path / "f", {n: np.full((3, 4), n) for n in range(3)}, (3,)).to_xarray()
+    assert ds.f.dtype == object and ds.f.dims == ("dim_0",)
+    assert ds.f[2].item().tolist() == np.full((3, 4), 2).tolist()
+
+
+def test_nothing_present_is_an_all_nan_float_array(tmp_path: Path) -> None:
+    ds = FileBasedObjectArray(tmp_path / "none", (2, 3)).to_xarray()
+    assert ds.none.dtype == np.float64 and np.isnan(ds.none.values).all()
+    assert ds.none_mask.values.all()
+
+
+LOADS: list[int] = []
+
+
+def _loaded(value: int) -> Counted:
+    LOADS.append(value)
+    return Counted(value)
+
+
+class Counted:
+    """An object that records each time it is unpickled."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self):
+        return (_loaded, (self.value,))
+
+
+def test_object_outputs_are_read_only_when_asked_for(tmp_path: Path) -> None:
+    arr = array_in(tmp_path / "obj", {n: Counted(n) for n in range(6) if n != 4}, (2, 3))
+    LOADS.clear()
+    ds = arr.to_xarray()
+    assert LOADS == [0]  # the first element, to see that the output is not numbers
+    repr(ds)
+    assert ds.obj_mask.values.sum() == 1
+    assert LOADS == [0]
+    assert ds.obj[1, 2].item().value == 5
+    assert LOADS == [0, 5]
+    row = ds.obj[1].values
+    assert [x.value if x is not None else None for x in row] == [3, None, 5]
+
+
+def test_in_memory_arrays(tmp_path: Path) -> None:
+    ds = array_to_xarray(np.ma.masked_array([[1, 2], [3, 4]], mask=[[0, 1], [0, 0]]), name="m")
+    assert ds.m.dims == ("dim_0", "dim_1") and ds.m.dtype.kind == "i"
+    assert ds.m_mask.values.tolist() == [[False, True], [False, False]]
+    objs = np.empty(2, dtype=object)
+    objs[0], objs[1] = np.ones(2), np.zeros(2)
+    assert array_to_xarray(objs).array.shape == (2, 2)
+
+
+def test_threads_read_the_same_as_one_thread(tmp_path: Path) -> None:
+    for n in range(1500):
+        if n % 7:
+            write_pickle(element_path(tmp_path, n), n * 0.5)
+    idx = list(range(1500))
+    serial = load_elements(tmp_path, idx, threads=1)
+    parallel = load_elements(tmp_path, idx, threads=4)
+    assert [None if v is serial[0] else v for v in parallel] == [
+        None if v is serial[0] else v for v in serial
+    ]
+    assert parallel[1] == 0.5 and parallel[1499] == 749.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.floats(allow_nan=False, width=64)), min_size=1, max_size=30)
+)
+def test_floats_round_trip_with_their_mask(values: list[float | None]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        arr = array_in(
+            Path(tmp) / "v", {n: v for n, v in enumerate(values) if v is not None}, (len(values),)
+        )
+        ds = arr.to_xarray()
+        mask = [v is None for v in values]
+        assert ds.v_mask.values.tolist() == mask
+        expected = np.array([np.nan if v is None else v for v in values])
+        np.testing.assert_array_equal(ds.v.values, expected)
+
+
+def test_input_samples_needs_a_map_output_of_a_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a map output in a run"):
+        input_samples(FileBasedObjectArray(tmp_path / "x", (2,)))
+    with pytest.raises(TypeError, match="takes a map output"):
+        input_samples(np.arange(3))  # type: ignore[arg-type]
+
+
+# -- the seed notebook's run ---------------------------------------------------------------
+
+
+def run(flow, env, store, **inputs):
+    return flows.submit(flows.workflow.build(flow.on(env), **inputs), store=store).wait(300)
+
+
+@pytest.fixture(scope="module")
+def seed_run(local_env, tmp_path_factory):
+    store = tmp_path_factory.mktemp("seed-dataset")
+    r = run(seed.new_flow, local_env, store, **seed.seed_inputs(mesh_error=False))
+    assert r.step("modified_get_charge").record.shape == [10, 20], flows.report.log(r)
+    return r
+
+
+@pytest.fixture(scope="module")
+def seed_ds(seed_run) -> xr.Dataset:
+    return run_dataset(seed_run)
+
+
+def out_of_range() -> np.ndarray:
+    inputs = seed.seed_inputs()
+    vl, vr = np.meshgrid(inputs["V_left"], inputs["V_right"], indexing="ij")
+    return ~((vl > -0.4) & (vl < 0.4) & (vr > -0.4) & (vr < 0.4))
+
+
+@pytest.mark.slow
+def test_seed_dataset_lies_on_the_swept_voltages(seed_ds) -> None:
+    ds = seed_ds
+    assert dict(ds.sizes) == {"a": 10, "b": 20}
+    inputs = seed.seed_inputs()
+    np.testing.assert_array_equal(ds.V_left.values, inputs["V_left"])
+    np.testing.assert_array_equal(ds.V_right.values, inputs["V_right"])
+    assert ds.V_left.dims == ("a",) and ds.V_right.dims == ("b",)
+    assert ds.charge.dims == ("a", "b")  # charge[i, j] inherits electrostatics[a, b]
+    assert ds.electrostatics.dims == ("a", "b")
+
+
+@pytest.mark.slow
+def test_seed_charge_is_float_with_nan_exactly_where_masked(seed_run, seed_ds) -> None:
+    ds = seed_ds
+    assert ds.charge.dtype == np.float64
+    np.testing.assert_array_equal(np.isnan(ds.charge.values), ds.charge_mask.values)
+    charge = seed_run.step("modified_get_charge").outputs.return_values.charge
+    np.testing.assert_array_equal(ds.charge_mask.values, charge.mask)
+    present = ~charge.mask
+    np.testing.assert_array_equal(ds.charge.values[present], charge.to_array()[present])
+    assert ds.electrostatics.dtype == object
+    assert isinstance(ds.electrostatics[3, 5].item(), seed.Electrostatics)
+
+
+@pytest.mark.slow
+def test_seed_errors_are_exactly_the_out_of_range_elements(seed_ds) -> None:
+    err = seed_ds.modified_electrostatics_error.values
+    bad = out_of_range()
+    np.testing.assert_array_equal(err != "", bad)
+    assert all("out of acceptable range" in e and e.startswith("ValueError: ") for e in err[bad])
+    np.testing.assert_array_equal(seed_ds.electrostatics_mask.values, bad)
+    # get_charge fails at random (failure_probability=0.2): an error wherever it was run
+    # and gave no charge, and none where it never ran.
+    charge_err = seed_ds.modified_get_charge_error.values
+    failed = seed_ds.charge_mask.values & ~bad
+    np.testing.assert_array_equal(charge_err != "", failed)
+    assert all(e == "ValueError: Randomly failed!" for e in charge_err[failed])
+
+
+@pytest.mark.slow
+def test_seed_attempts(seed_ds) -> None:
+    assert (seed_ds.modified_electrostatics_attempts.values == 1).all()
+    np.testing.assert_array_equal(
+        seed_ds.modified_get_charge_attempts.values, np.where(out_of_range(), 0, 1)
+    )
+
+
+@pytest.mark.slow
+def test_mean_charge_in_one_line_equals_the_average_charge_step(seed_run, seed_ds) -> None:
+    ds = seed_ds
+    avg = seed_run.outputs.return_values.avg_electrostatic_charge.fetch_value()
+    assert float(ds.charge.where(~ds.charge_mask).mean()) == pytest.approx(avg)
+
+
+@pytest.mark.slow
+def test_selecting_and_plotting(seed_ds) -> None:
+    ds = seed_ds
+    row = ds.sel(a=3)
+    assert float(row.V_left) == pytest.approx(seed.seed_inputs()["V_left"][3])
+    assert row.charge.dims == ("b",)
+    by_value = ds.sel(V_left=0.33, method="nearest")
+    assert float(by_value.V_left) == pytest.approx(1 / 3)
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ds.charge.plot()
+
+
+@pytest.mark.slow
+def test_attributes_name_the_run_and_the_steps(seed_run, seed_ds) -> None:
+    assert seed_ds.attrs["run_id"] == seed_run.id
+    assert seed_ds.attrs["exit_code"] == 450
+    assert seed_ds.charge.attrs["step"] == "modified_get_charge"
+    assert seed_ds.charge.attrs["mapspec"] == "electrostatics[i, j] -> charge[i, j]"
+    assert seed_ds.electrostatics.attrs["exit_code"] == 401
+    ds = step_dataset(seed_run.step("modified_electrostatics"), seed_run)
+    assert ds.attrs["step"] == "modified_electrostatics"
+    assert ds.attrs["mapspec"] == "V_left[a], V_right[b] -> electrostatics[a, b]"
+    assert ds.attrs["exit_code"] == 401 and ds.attrs["run_id"] == seed_run.id
+
+
+@pytest.mark.slow
+def test_a_step_dataset_and_to_xarray_match_the_run_dataset(seed_run, seed_ds) -> None:
+    charge_step = seed_run.step("modified_get_charge")
+    ds = step_dataset(charge_step)
+    assert set(ds.data_vars) == {
+        "charge",
+        "charge_mask",
+        "modified_get_charge_error",
+        "modified_get_charge_attempts",
+    }
+    xr.testing.assert_identical(
+        ds.charge.reset_coords(drop=True), seed_ds.charge.reset_coords(drop=True)
+    )
+    np.testing.assert_array_equal(ds.V_right.values, seed_ds.V_right.values)
+    from_array = charge_step.outputs.return_values.charge.to_xarray()
+    assert set(from_array.data_vars) == set(ds.data_vars)
+    assert from_array.charge.dims == ("a", "b")
+    with pytest.raises(ValueError, match="plain call, not a map"):
+        step_dataset(seed_run.step("make_geometry"))
+
+
+@pytest.mark.slow
+def test_input_samples_make_a_table(seed_run) -> None:
+    charge = seed_run.step("modified_get_charge").outputs.return_values.charge
+    samples = flows.input_samples(charge)
+    assert len(samples) == 200
+    df = pd.DataFrame(samples)
+    inputs = seed.seed_inputs()
+    vl, vr = np.meshgrid(inputs["V_left"], inputs["V_right"], indexing="ij")
+    np.testing.assert_array_equal(df.V_left.to_numpy(), vl.ravel())
+    np.testing.assert_array_equal(df.V_right.to_numpy(), vr.ravel())
+    np.testing.assert_array_equal(df.charge_mask.to_numpy(), charge.mask.ravel())
+    for shared in ("x", "y", "mesh_size", "coarse_mesh_size", "failure_probability"):
+        assert (df[shared] == inputs[shared]).all()
+    assert list(df.columns[:2]) == ["V_left", "V_right"]
+    # the samples line up with the values
+    values = charge.to_array().filled(np.nan).ravel()
+    ok = ~df.charge_mask.to_numpy()
+    np.testing.assert_allclose(values[ok], (df.V_left + df.V_right).to_numpy()[ok])
+
+
+# -- dataset.nc ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seed_nc(seed_run) -> dict[str, Path]:
+    return {
+        name: write_step_dataset(seed_run.step(name), seed_run)
+        for name in ("modified_electrostatics", "modified_get_charge")
+    }
+
+
+READ_WITHOUT_PARSL_FLOWS = """
+import json, sys
+sys.modules["parsl_flows"] = None  # importing it now fails: the file must not need it
+import xarray as xr
+with xr.open_dataset(sys.argv[1]) as ds:
+    print(json.dumps({
+        "dims": dict(ds.sizes),
+        "vars": sorted(ds.data_vars),
+        "coords": sorted(ds.coords),
+        "attrs": {k: str(v) for k, v in ds.attrs.items()},
+        "charge_nan": int(ds.charge.isnull().sum()) if "charge" in ds else None,
+        "masked": int(ds.charge_mask.sum()) if "charge_mask" in ds else None,
+        "mask_dtype": str(ds[sorted(v for v in ds.data_vars if v.endswith("_mask"))[0]].dtype),
+        "V_left": ds.V_left.values.tolist(),
+    }))
+"""
+
+
+def read_elsewhere(path: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", READ_WITHOUT_PARSL_FLOWS, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_dataset_nc_opens_without_parsl_flows(seed_run, seed_nc) -> None:
+    charge_nc = seed_nc["modified_get_charge"]
+    assert charge_nc == seed_run.step("modified_get_charge").path / "dataset.nc"
+    got = read_elsewhere(charge_nc)
+    assert got["dims"] == {"a": 10, "b": 20}
+    assert got["vars"] == [
+        "charge",
+        "charge_mask",
+        "modified_get_charge_attempts",
+        "modified_get_charge_error",
+    ]
+    assert got["coords"] == ["V_left", "V_right"]
+    assert got["charge_nan"] == got["masked"] > 0
+    assert got["mask_dtype"] == "bool"
+    assert got["V_left"] == pytest.approx(seed.seed_inputs()["V_left"].tolist())
+    assert got["attrs"]["run_id"] == seed_run.id
+    assert got["attrs"]["step"] == "modified_get_charge"
+    assert got["attrs"]["exit_code"] == "401"
+
+
+@pytest.mark.slow
+def test_object_outputs_stay_in_pickles_and_the_file_says_where(seed_run, seed_nc) -> None:
+    path = seed_nc["modified_electrostatics"]
+    got = read_elsewhere(path)
+    assert "electrostatics" not in got["vars"]
+    assert "electrostatics_mask" in got["vars"]
+    assert got["attrs"]["pickled_outputs"] == "electrostatics"
+    with xr.open_dataset(path) as ds:
+        where = ds.electrostatics_mask.attrs["values_in"]
+        errors = ds.modified_electrostatics_error.values
+        np.testing.assert_array_equal(errors != "", out_of_range())
+    assert where == "return_values/electrostatics/__{n}__.pickle"
+    n = int(np.flatnonzero(~out_of_range().ravel())[0])
+    assert (path.parent / where.format(n=n)).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ncdump") is None, reason="ncdump (netcdf-bin) not installed")
+def test_ncdump_reads_the_header(seed_nc) -> None:
+    out = subprocess.run(
+        ["ncdump", "-h", str(seed_nc["modified_get_charge"])],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "a = 10 ;" in out and "b = 20 ;" in out
+    assert "double charge(a, b) ;" in out
+    assert "string modified_get_charge_error(a, b) ;" in out
+    assert ':mapspec = "electrostatics[i, j] -> charge[i, j]" ;' in out
+
+
+@pytest.mark.slow
+def test_writing_replaces_the_file_and_leaves_no_temporary_files(seed_run, seed_nc) -> None:
+    s = seed_run.step("modified_get_charge")
+    first = seed_nc["modified_get_charge"].stat().st_mtime_ns
+    write_step_dataset(s)
+    assert seed_nc["modified_get_charge"].stat().st_mtime_ns >= first
+    assert not [p for p in os.listdir(s.path) if p.endswith(".tmp")]
+
+
+# -- shapes: zips, reductions, array elements, shared and separate dimensions --------------
+
+
+@step(returns="grid")
+def make_grid(n: int) -> np.ndarray:
+    return np.arange(n * 3.0).reshape(n, 3)
+
+
+@step(returns="field")
+def make_field(k: int) -> np.ndarray:
+    if k == 2:
+        raise ValueError("no field for 2")
+    return np.full((3, 4), float(k))
+
+
+@step(returns="z")
+def add(x: int, y: int) -> int:
+    if x == 3:
+        raise ArithmeticError("x is 3")
+    return x + y
+
+
+@step(returns="s")
+def row_sum(grid: np.ndarray) -> float:
+    return float(np.sum(grid))
+
+
+@step(returns="x2")
+def double(x: int) -> int:
+    return 2 * x
+
+
+@step(returns="o")
+def ident(k2: str) -> str:
+    return k2.upper()
+
+
+@step(returns="fx")
+def flaky(x: int, marker_dir: str) -> int:
+    marker = Path(marker_dir) / str(x)
+    if x % 2 == 0 and not marker.exists():
+        marker.touch()
+        raise RuntimeError("the first attempt fails")
+    return x
+
+
+@step(returns="pz")
+def pair(z: int, x2: int) -> float:
+    return z * 10.0 + x2
+
+
+@step(returns="pzsum")
+def total(pz) -> float:
+    return float(np.nansum(pz))
+
+
+shapes_flow = (
+    new_workflow("shapes")
+    .then(make_grid)
+    .then(
+        concurrently(
+            map_(make_field, "k[i] -> field[i]"),
+            map_(add, "x[j], y[j] -> z[j]"),
+            map_(row_sum, "grid[r, :] -> s[r]"),
+            map_(double, "x[q] -> x2[q]"),
+            map_(ident, "k2[i] -> o[i]"),
+            map_(flaky, "x[j] -> fx[j]", max_restarts=2),
+        )
+    )
+    .then(map_(pair, "z[u], x2[v] -> pz[u, v]"))
+    .then(map_(total, "pz[w, :] -> pzsum[w]"))
+)
+
+SHAPES_INPUTS = dict(
+    n=4,
+    k=[0, 1, 2, 3],
+    x=np.arange(5),
+    y=np.arange(5) * 100,
+    k2=["a", "b", "c", "d", "e", "f"],
+)
+
+
+@pytest.fixture(scope="module")
+def shapes_run(local_env, tmp_path_factory):
+    markers = tmp_path_factory.mktemp("markers")
+    store = tmp_path_factory.mktemp("shapes")
+    r = run(shapes_flow, local_env, store, marker_dir=str(markers), **SHAPES_INPUTS)
+    assert r.step("total").record.shape == [5], flows.report.log(r)
+    return r
+
+
+@pytest.fixture(scope="module")
+def shapes_ds(shapes_run) -> xr.Dataset:
+    return run_dataset(shapes_run)
+
+
+@pytest.mark.slow
+def test_a_map_of_2d_arrays_gives_a_float_variable_with_element_dims(shapes_run) -> None:
+    ds = step_dataset(shapes_run.step("make_field"))
+    assert ds.field.dims == ("i", "field_dim_0", "field_dim_1")
+    assert ds.field.shape == (4, 3, 4) and ds.field.dtype == np.float64
+    assert ds.field_mask.values.tolist() == [False, False, True, False]
+    assert np.isnan(ds.field.values[2]).all()
+    assert (ds.field.values[3] == 3.0).all()
+    assert ds.make_field_error.values.tolist() == ["", "", "ValueError: no field for 2", ""]
+    assert ds.k.dims == ("i",) and ds.k.values.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_zipped_inputs_are_both_coordinates_of_one_dimension(shapes_run) -> None:
+    ds = step_dataset(shapes_run.step("add"))
+    assert ds.z.dims == ("j",)
+    assert ds.x.dims == ds.y.dims == ("j",)
+    assert ds.y.values.tolist() == [0, 100, 200, 300, 400]
+    assert ds.z.dtype == np.int64 and ds.z.values.tolist() == [0, 101, 202, 0, 404]
+    assert ds.z_mask.values.tolist() == [False, False, False, True, False]
+    assert ds.add_error.values[3] == "ArithmeticError: x is 3"
+
+
+@pytest.mark.slow
+def test_a_reduction_over_a_plain_step_output_has_positions(shapes_run) -> None:
+    ds = step_dataset(shapes_run.step("row_sum"))
+    assert ds.s.dims == ("r",)
+    assert ds.r.values.tolist() == [0, 1, 2, 3]  # grid's rows: no values, positions
+    assert ds.s.values.tolist() == [3.0, 12.0, 21.0, 30.0]
+
+
+@pytest.mark.slow
+def test_maps_over_the_same_input_share_its_dimension(shapes_ds) -> None:
+    ds = shapes_ds
+    assert ds.x2.dims == ("j",) and ds.z.dims == ("j",)  # x[q] and x[j]: one dimension
+    assert ds.pz.dims == ("j", "v")  # pz[u, v] over z[j] and x2[j]: v cannot be j too
+    assert ds.x_v.dims == ("v",) and ds.x_v.values.tolist() == list(range(5))
+    assert ds.pzsum.dims == ("j",)  # pz[w, :] keeps pz's first dimension
+    assert ds.o.dims == ("ident_i",)  # i is make_field's (4 long); k2 is 6 long
+    assert ds.k2.values.tolist() == SHAPES_INPUTS["k2"]
+    assert ds.o.dtype == object and ds.o.values.tolist() == ["A", "B", "C", "D", "E", "F"]
+    assert dict(ds.sizes) == {
+        "i": 4,
+        "j": 5,
+        "r": 4,
+        "v": 5,
+        "ident_i": 6,
+        "field_dim_0": 3,
+        "field_dim_1": 4,
+    }
+    # pz is missing where z is (x == 3): masks flow downstream, attempts say never run
+    assert ds.pz_mask.values[3].all() and not ds.pz_mask.values[2].any()
+    assert (ds.pair_attempts.values[3] == 0).all()
+
+
+@pytest.mark.slow
+def test_step_datasets_name_dimensions_as_the_run_dataset_does(shapes_run, shapes_ds) -> None:
+    for s in shapes_run.steps:
+        if s.is_map:
+            ds = step_dataset(s)
+            for out in s.record.outputs:
+                assert ds[out].dims == shapes_ds[out].dims
+
+
+@pytest.mark.slow
+def test_the_run_dataset_writes_and_reads_back(shapes_run, shapes_ds) -> None:
+    path = write_run_dataset(shapes_run)
+    assert path == shapes_run.path / "dataset.nc"
+    with xr.open_dataset(path) as back:
+        assert back.field.dims == ("i", "field_dim_0", "field_dim_1")
+        np.testing.assert_array_equal(back.field.values, shapes_ds.field.values)
+        np.testing.assert_array_equal(back.z.values, shapes_ds.z.values)
+        assert back.attrs["pickled_outputs"] == "o"
+        assert back.o_mask.attrs["values_in"] == (
+            f"steps/{shapes_run.step('ident').path.name}/return_values/o/__{{n}}__.pickle"
+        )
+        assert back.k2.values.tolist() == SHAPES_INPUTS["k2"]
+
+
+@pytest.mark.slow
+def test_input_samples_follow_upstream_maps(shapes_run) -> None:
+    samples = flows.input_samples(shapes_run.step("pair"))
+    assert len(samples) == 25
+    s = samples[2 * 5 + 4]  # u=2, v=4
+    assert s["x"] == 2 and s["y"] == 200 and s["x[v]"] == 4
+    assert s["pz_mask"] is False
+    assert samples[3 * 5]["pz_mask"] is True
+    rows = flows.input_samples(shapes_run.step("row_sum").outputs.return_values.s)
+    assert rows[1]["grid"].tolist() == [3.0, 4.0, 5.0] and rows[1]["n"] == 4
+
+
+@pytest.mark.slow
+def test_attempts_count_restarts(shapes_ds) -> None:
+    assert shapes_ds.flaky_attempts.values.tolist() == [2, 1, 2, 1, 2]
+    assert shapes_ds.fx.values.tolist() == [0, 1, 2, 3, 4]
+    assert (shapes_ds.flaky_error.values == "").all()  # every element succeeded in the end
+
+
+@pytest.mark.slow
+def test_the_engine_hook_writes_maps_only_and_never_raises(shapes_run, tmp_path) -> None:
+    assert write_step_dataset(shapes_run.step("make_grid"), quiet=True) is None
+    path = write_step_dataset(shapes_run.step("add").path, quiet=True)
+    assert path is not None and path.name == "dataset.nc"
+    broken = tmp_path / "00-broken"
+    shutil.copytree(shapes_run.step("add").path, broken)
+    (broken / "status.json").write_text("{not json")
+    assert write_step_dataset(broken, quiet=True) is None
+    with pytest.raises(ValueError):
+        write_step_dataset(broken)
