@@ -210,13 +210,15 @@ def watch(run: Run, interval: float = 0.5) -> None:
 
     Outside a notebook it waits, then prints the progress tree once.
     """
+    shell: Any = None
     try:
         from IPython import get_ipython
         from IPython.display import display
+
+        shell = get_ipython()
     except ImportError:
-        get_ipython = None
-    shell = get_ipython() if get_ipython is not None else None
-    if shell is None or not hasattr(shell, "kernel"):
+        pass
+    if shell is None or not hasattr(shell, "kernel"):  # not in a notebook
         run.wait()
         print(progress(run))
         return
@@ -239,7 +241,7 @@ class RunTable(list[Run]):
     _COLUMNS = ("run", "status", "exit", "started", "took")
 
     def rows(self) -> list[tuple[str, ...]]:
-        out = []
+        out: list[tuple[str, ...]] = []
         now = time.time()
         for run in self:
             rec = run.record
