@@ -104,12 +104,10 @@ def graph(run: Run, as_png: bool = False, filename: str | None = None) -> Any:
             note += f"\n{counts}"
         looks[rec.name] = StepLook(_FILL.get(outcome, "white"), note, dashed=outcome == "skipped")
     dot = plan_graph(run.plan, looks)
-    rec = run.record
-    meaning = EXIT_CODES.get(rec.exit_code or 0, "") if rec.exit_code else ""
-    dot.attr(
-        label=f"{rec.workflow}: {rec.status}"
-        + (f" ({rec.exit_code}: {meaning})" if meaning else "")
-    )
+    run_rec = run.record
+    code = run_rec.exit_code
+    meaning = f" ({code}: {EXIT_CODES.get(code, '')})" if code else ""
+    dot.attr(label=f"{run_rec.workflow}: {run_rec.status}{meaning}")
     return render(dot, as_png=as_png, filename=filename)
 
 

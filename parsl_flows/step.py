@@ -137,7 +137,7 @@ class Step:
             func = func.callable
         if not callable(func):
             raise TypeError(f"step() needs a function, not {func!r}")
-        self.callable = func
+        self.callable: Callable[..., Any] = func
         self.name: str = getattr(func, "__name__", type(func).__name__)
         self.returns = _check_returns(returns, self.name)
         self.parameters, self.defaults = _check_signature(func, self.name)

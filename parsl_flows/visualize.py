@@ -48,12 +48,12 @@ def plan_graph(workflow: Workflow, looks: Mapping[str, StepLook] | None = None) 
     returned = {out for _, out in workflow.returned_outputs}
 
     for p in workflow.parameter_order:
-        attrs = {"shape": "ellipse", "style": "filled", "fillcolor": INPUT_FILL}
+        attrs: dict[str, str] = {"shape": "ellipse", "style": "filled", "fillcolor": INPUT_FILL}
         if p in mapped_inputs:
             attrs["color"] = MAP_COLOR
         dot.node(_id("data", p), p, **attrs)
     for out in producers:
-        attrs = {"shape": "ellipse"}
+        attrs = {"shape": "ellipse"}  # a fresh dict per data node
         if out in mapped_data:
             attrs["color"] = MAP_COLOR
             attrs["fontcolor"] = MAP_COLOR
@@ -63,7 +63,7 @@ def plan_graph(workflow: Workflow, looks: Mapping[str, StepLook] | None = None) 
 
     for node in workflow.nodes:
         label = node.name
-        attrs: dict[str, str] = {"shape": "box"}
+        attrs = {"shape": "box"}
         if isinstance(node, Map):
             label += f"\n{node.mapspec}"
             attrs["color"] = MAP_COLOR

@@ -535,7 +535,7 @@ class Execution:
                 return None
             present = ~np.ma.getmaskarray(value)
         extra = tuple(range(arr.rank, present.ndim))
-        return present.any(axis=extra) if extra else present
+        return np.asarray(present.any(axis=extra) if extra else present)
 
     def _submittable(
         self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]
@@ -549,7 +549,7 @@ class Execution:
                 continue
             whole = tuple(k for k, a in enumerate(arr.axes) if a is None)
             if whole:
-                present = present.any(axis=whole)
+                present = np.asarray(present.any(axis=whole))
             names = list(arr.indices)
             perm = sorted(range(len(names)), key=lambda k: order.index(names[k]))
             present = present.transpose(perm)
