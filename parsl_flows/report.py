@@ -65,7 +65,7 @@ def progress(run: Run) -> str:
     """A text tree: one line per step with its state, exit code and element counts."""
     rec = run.record
     code = "" if rec.exit_code is None else f" (exit code {rec.exit_code})"
-    lines = [f"{rec.workflow}  run {rec.run_id}  {rec.status}{code}"]
+    lines = [f"{rec.workflow}  run {rec.run_id}  {run.status}{code}"]
     steps = [s.record for s in run.steps]
     width = max((len(s.name) for s in steps), default=0)
     for i, s in enumerate(steps):

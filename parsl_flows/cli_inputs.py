@@ -1,0 +1,298 @@
+"""What the command line is handed: a plan in a file, and its inputs in JSON, YAML or ``--set``.
+
+Everything here runs before anything is submitted, and every problem is a
+:class:`UsageError` whose message names the file, the input or the option at fault, so
+the command line can print it as one line and exit 2 with no run directory created.
+
+Inputs files are JSON (or YAML, when PyYAML is installed).  Text formats have no arrays,
+so a few forms stand for them:
+
+- ``[0.1, 0.2, 0.3]``: a list, which a map iterates over as it is;
+- ``{"linspace": [0, 1, 10]}``, ``{"logspace": [-3, 0, 4]}``, ``{"arange": [0, 5]}``
+  (arguments as a list, or as a dict of numpy's keyword arguments), and
+  ``{"array": [[1, 2], [3, 4]]}``: numpy arrays;
+- ``"data.npy"``, ``"data.nc"`` or ``"data.nc:variable"``: an array read from that file
+  (relative paths are relative to the inputs file; for ``--set``, to the current directory).
+
+>>> expand({"linspace": [0, 1, 3]}, Path("."), "V")
+array([0. , 0.5, 1. ])
+>>> parse_set("V_limits=[-0.4, 0.4]"), parse_set("label=first try")
+(('V_limits', [-0.4, 0.4]), ('label', 'first try'))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine.pickling import _importable_on_workers
+from .step import Step
+from .workflow import Call, Concurrently, Workflow, first
+
+__all__ = ["UsageError", "expand", "load_inputs", "load_plan", "parse_set"]
+
+
+class UsageError(Exception):
+    """The command line was used wrongly: a bad file, name, input or option (exit status 2)."""
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+_ARRAY_FORMS: dict[str, Callable[..., np.ndarray]] = {
+    "linspace": np.linspace,
+    "logspace": np.logspace,
+    "geomspace": np.geomspace,
+    "arange": np.arange,
+    "array": np.asarray,
+}
+
+
+def load_inputs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an inputs file (``.json``, ``.yaml`` or ``.yml``) into a dict of input values."""
+    file = Path(path).expanduser()
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise UsageError(f"inputs file {file} must end in .json, .yaml or .yml")
+    try:
+        text = file.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read inputs file {file}: {e.strerror or e}") from None
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{file}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    else:
+        data = _load_yaml(file, text)
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"inputs file {file} must hold a mapping of input names to values, "
+            f"not a {type(data).__name__}"
+        )
+    base = file.resolve().parent
+    return {str(name): expand(value, base, str(name)) for name, value in data.items()}
+
+
+def _load_yaml(file: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError(
+            f"reading {file} needs PyYAML: 'pip install pyyaml', or write the inputs as JSON"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f":{where.line + 1}:{where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{file}{at}: not valid YAML: {problem}") from None
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``name=value`` from ``--set``: the value is read as JSON, or else taken as a string."""
+    name, sep, text = item.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier():
+        raise UsageError(f"--set {item!r}: expected name=value, e.g. --set mesh_size=0.01")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return name, value
+
+
+def expand(value: Any, base: Path, name: str) -> Any:
+    """Turn the text forms of arrays in ``value`` into numpy arrays (see the module docs)."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((form, args),) = value.items()
+            if form in _ARRAY_FORMS:
+                return _array_form(form, args, name)
+        return {k: expand(v, base, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, base, f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and _array_file(value):
+        return _load_array_file(value, base, name)
+    return value
+
+
+def _array_form(form: str, args: Any, name: str) -> np.ndarray:
+    example = {"linspace": "[0, 1, 10]", "logspace": "[-3, 0, 4]", "geomspace": "[1, 1000, 4]"}
+    try:
+        if form == "array":
+            return np.asarray(args)
+        if isinstance(args, dict):
+            return _ARRAY_FORMS[form](**args)
+        if isinstance(args, list):
+            return _ARRAY_FORMS[form](*args)
+        return _ARRAY_FORMS[form](args)
+    except (TypeError, ValueError) as e:
+        hint = example.get(form, "[start, stop, step]")
+        raise UsageError(
+            f'input {name!r}: {{"{form}": {json.dumps(args)}}} is not a valid {form} '
+            f'({e}); write e.g. {{"{form}": {hint}}}'
+        ) from None
+
+
+def _array_file(text: str) -> bool:
+    path = text.rsplit(":", 1)[0] if ".nc:" in text else text
+    return path.endswith((".npy", ".nc"))
+
+
+def _load_array_file(text: str, base: Path, name: str) -> np.ndarray:
+    variable = None
+    if ".nc:" in text:
+        text, variable = text.rsplit(":", 1)
+    path = (base / Path(text).expanduser()).resolve()
+    if not path.is_file():
+        raise UsageError(f"input {name!r}: no array file {path}")
+    try:
+        if path.suffix == ".npy":
+            array: np.ndarray = np.load(path, allow_pickle=False)
+            return array
+        import xarray as xr
+
+        with xr.open_dataset(path) as ds:
+            names = list(ds.data_vars)
+            if variable is None:
+                if len(names) != 1:
+                    raise UsageError(
+                        f"input {name!r}: {path} holds {len(names)} variables "
+                        f"({', '.join(map(str, names))}); name one as '{text}:VARIABLE'"
+                    )
+                variable = str(names[0])
+            if variable not in ds:
+                raise UsageError(
+                    f"input {name!r}: {path} has no variable {variable!r} "
+                    f"(it has {', '.join(map(str, names)) or 'none'})"
+                )
+            return np.asarray(ds[variable].values)
+    except UsageError:
+        raise
+    except Exception as e:  # numpy and netCDF raise many types for a bad file
+        raise UsageError(f"input {name!r}: cannot read {path}: {e}") from None
+
+
+# -- plans ----------------------------------------------------------------------------------
+
+
+def load_plan(target: str, default_name: str = "flow") -> Workflow:
+    """The workflow named by ``FILE.py:NAME`` (or ``package.module:NAME``).
+
+    NAME may be a workflow, a step or map (run alone), or a function of no arguments that
+    returns one.  Without ``:NAME``, the file's ``flow`` is used.
+    """
+    source, _, name = target.rpartition(":") if ":" in target else (target, "", "")
+    name = name or default_name
+    namespace, where = _load_source(source)
+    if name not in namespace:
+        public = {k: v for k, v in namespace.items() if not k.startswith("_")}
+        flows = sorted(k for k, v in public.items() if isinstance(v, Workflow))
+        steps = sorted(k for k, v in public.items() if isinstance(v, Step | Call))
+        have = [f"workflows {', '.join(flows)}" if flows else "no workflow"]
+        if steps:
+            have.append(f"steps {', '.join(steps)}")
+        raise UsageError(f"{where} has no {name!r}; it defines {'; '.join(have)}")
+    obj = namespace[name]
+    if inspect.isfunction(obj):
+        required = [
+            p.name
+            for p in inspect.signature(obj).parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if required:
+            raise UsageError(
+                f"{where}:{name} is a function of {', '.join(required)}; the command line "
+                "calls it with no arguments, so give them defaults"
+            )
+        try:
+            obj = obj()
+        except Exception as e:  # the user's code: report it, with the traceback on --debug
+            raise UsageError(f"{where}:{name}() raised {type(e).__name__}: {e}") from e
+    if isinstance(obj, Workflow):
+        return obj
+    if isinstance(obj, Step | Call | Concurrently):
+        return first(obj)
+    raise UsageError(
+        f"{where}:{name} is a {type(obj).__name__}, not a workflow (or a step, or a function "
+        "returning a workflow)"
+    )
+
+
+def _load_source(source: str) -> tuple[Mapping[str, Any], str]:
+    """Import a ``.py`` file (as a script would run) or an importable module."""
+    path = Path(source).expanduser()
+    if source.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise UsageError(f"no file {path}")
+        return vars(_import_file(path.resolve())), str(source)
+    try:
+        module = importlib.import_module(source)
+    except ImportError as e:
+        raise UsageError(f"{source!r} is neither a .py file nor an importable module ({e})") from e
+    return vars(module), source
+
+
+def _import_file(path: Path) -> Any:
+    """Run ``path`` as a module whose steps and classes travel to workers by value.
+
+    The file's folder goes first on ``sys.path`` (as for ``python path``), so it can import
+    its neighbours; those neighbours cannot be imported on the workers either, so they too
+    are sent by value.
+    """
+    import cloudpickle
+
+    name = path.stem
+    if not _free_module_name(name, path):
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+        name = f"_parsl_flows_file_{digest}"
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    before = set(sys.modules)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        del sys.modules[name]
+        raise UsageError(f"{e.filename or path}:{e.lineno}: syntax error: {e.msg}") from e
+    except Exception as e:
+        del sys.modules[name]
+        raise UsageError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+    for new in set(sys.modules) - before:
+        mod = sys.modules.get(new)
+        file = getattr(mod, "__file__", None)
+        if (
+            mod is not None
+            and file
+            and Path(file).resolve().is_relative_to(path.parent)
+            and not _importable_on_workers(mod)  # e.g. a virtualenv inside the project folder
+        ):
+            cloudpickle.register_pickle_by_value(mod)
+    return module
+
+
+def _free_module_name(name: str, path: Path) -> bool:
+    """Can ``path`` be imported under ``name`` without hiding another module of that name?"""
+    if not name.isidentifier() or name in sys.modules:
+        return False
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is None or (spec.origin is not None and Path(spec.origin).resolve() == path)
