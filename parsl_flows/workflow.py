@@ -21,7 +21,7 @@ Building a plan never runs anything; every method returns a new plan.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,42 +295,37 @@ class Workflow:
 
         Extra parameters of the new step become new workflow parameters.
         """
-        todo = dict(replacements)
-        new_stages = []
-        for stage in self.stages:
-            new_nodes = []
-            for node in stage:
-                key = _find_key(todo, node.step)
-                if key is not None:
-                    new = todo.pop(key)
-                    _check_replacement(node, new)
-                    node = node.with_step(new)
-                new_nodes.append(node)
-            new_stages.append(tuple(new_nodes))
-        if todo:
-            raise ValueError(
-                f"replace_steps(): workflow {self.name!r} has no step "
-                f"{', '.join(repr(_label(k)) for k in todo)} (steps: {', '.join(self.step_names)})"
-            )
-        return self._rebuilt(new_stages)
+
+        def replace(node: Call, new: Step) -> Call:
+            _check_replacement(node, new)
+            return node.with_step(new)
+
+        return self._with_nodes_changed("replace_steps", replacements, replace)
 
     def with_restarts(self, restarts: Mapping[Step | str, int]) -> Workflow:
         """Allow up to ``n`` attempts in total for the given steps: ``{get_charge: 5}``."""
-        todo = dict(restarts)
+
+        def restart(node: Call, n: int) -> Call:
+            _check_restarts(n, node.name)
+            return dataclasses.replace(node, max_restarts=n)
+
+        return self._with_nodes_changed("with_restarts", restarts, restart)
+
+    def _with_nodes_changed(
+        self, what: str, changes: Mapping[Step | str, Any], change: Callable[[Call, Any], Call]
+    ) -> Workflow:
+        """A re-validated plan whose nodes named in ``changes`` went through ``change``."""
+        todo = dict(changes)
         new_stages = []
         for stage in self.stages:
             new_nodes = []
             for node in stage:
                 key = _find_key(todo, node.step)
-                if key is not None:
-                    n = todo.pop(key)
-                    _check_restarts(n, node.name)
-                    node = dataclasses.replace(node, max_restarts=n)
-                new_nodes.append(node)
+                new_nodes.append(node if key is None else change(node, todo.pop(key)))
             new_stages.append(tuple(new_nodes))
         if todo:
             raise ValueError(
-                f"with_restarts(): workflow {self.name!r} has no step "
+                f"{what}(): workflow {self.name!r} has no step "
                 f"{', '.join(repr(_label(k)) for k in todo)} (steps: {', '.join(self.step_names)})"
             )
         return self._rebuilt(new_stages)
