@@ -470,8 +470,6 @@ def test_restart_changes_inputs_and_reuses_the_rest(work: Path) -> None:
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(work: Path) -> None:
-    if not hasattr(flows.Run, "resume"):
-        pytest.skip("Run.resume is not available")
     result = cli(
         "run", "flows.py:flow", "--set", 'x={"arange": [12]}', "--set", "delay=0.5",
         "--detach", cwd=work, timeout=60,
@@ -496,8 +494,6 @@ def test_resume_after_the_driver_is_killed(work: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_resumable_run(work: Path) -> None:
-    if not hasattr(flows.Run, "resume"):
-        pytest.skip("Run.resume is not available")
     env = {k: v for k, v in os.environ.items() if k != "PARSL_FLOWS_STORE"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "parsl_flows", "run", "flows.py:flow",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -272,3 +274,28 @@ def test_thread_environment_runs_beside_the_local_one(thread_env, local_env, sto
     r2 = run(new_workflow("h").then(make_grid), local_env, store, n=2)
     assert r1.exit_code == r2.exit_code == 0
     assert r1.called[0].record.executor != r2.called[0].record.executor
+
+
+def test_runs_with_an_unactivated_interpreter(tmp_path):
+    # HTEX starts interchange.py and process_worker_pool.py from PATH; a venv's python run
+    # without activation (cron, IDEs) must still work, so PATH here lacks its directory.
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import parsl_flows as flows\n"
+        "from parsl_flows.workflow import new_workflow\n"
+        "@flows.step(returns='y')\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+        "env = flows.engine.execution_environment(None, 'localhost')\n"
+        "r = flows.run(flows.workflow.build(new_workflow('p').then(double).on(env), x=21))\n"
+        "print(r.outputs.return_values.y.fetch_value())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PATH", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"
+    env["PARSL_FLOWS_STORE"] = str(tmp_path / "store")
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "42"
