@@ -10,11 +10,18 @@ that cannot be hashed gives no key, and the step simply runs again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import CodeType, ModuleType
 from typing import Any
 
 import cloudpickle
 import numpy as np
+
+from ..mapspec import MapSpec
+from ..store import present_indices
+from ..workflow import Call, Map, as_mapped_array
+from .worker import Source
 
 __all__ = ["KEY_DTYPE", "code_key", "combine", "element_keys_of_value", "value_key"]
 
@@ -167,3 +174,54 @@ class KeyBook:
                 return None
             parts += [p, k]
         return None if code is None else combine(code, *parts)
+
+    def node_keys(
+        self,
+        node: Call,
+        params: dict[str, Source],
+        shape: tuple[int, ...],
+        load: Callable[[Source], Any],
+    ) -> tuple[np.ndarray | None, str]:
+        """The key of every element of ``node`` (0-d for a plain call), or ``(None, why)``.
+
+        ``load`` reads a value-kind source (inputs are hashed element by element).
+        """
+        code, why = code_key(node.step.callable)
+        mapped = node.mapspec.input_names if isinstance(node, Map) else ()
+        broadcast = [p for p in params if p not in mapped]
+        base = self.step_key(code, broadcast)
+        if base is None:
+            unkeyed = [p for p in broadcast if self.whole(p) is None]
+            return None, why or f"input(s) {', '.join(unkeyed)} cannot be hashed"
+        if not isinstance(node, Map):
+            return np.array(base, dtype=KEY_DTYPE), ""
+        per_input = []
+        for arr in node.mapspec.inputs:
+            src = params[arr.name]
+            value = None if src.kind == "array" else as_mapped_array(load(src), arr.rank)
+            ekeys = self.elements(arr.name, value, arr.rank)
+            if ekeys is None:
+                return None, f"the elements of {arr.name!r} cannot be hashed"
+            per_input.append((arr, ekeys))
+        keys = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=KEY_DTYPE)
+        for n in range(keys.size):
+            in_keys = node.mapspec.input_keys(MapSpec.output_key(n, shape))
+            parts: list[bytes | str] = [base]
+            for arr, ekeys in per_input:
+                parts += [arr.name, np.asarray(ekeys[in_keys[arr.name]]).tobytes()]
+            keys[n] = combine(*parts)
+        return keys.reshape(shape), ""
+
+    def note_map_outputs(
+        self, outputs: Iterable[str], step_dir: Path, keys: np.ndarray | None
+    ) -> None:
+        """Element keys of a finished map's outputs, masked elements marked missing."""
+        for out in outputs:
+            if keys is None:
+                self.array[out] = None
+                continue
+            present = np.zeros(keys.size, dtype=bool)
+            present[present_indices(step_dir / "return_values" / out)] = True
+            marked = keys.reshape(-1).copy()
+            marked[~present] = MISSING_KEY
+            self.array[out] = marked.reshape(keys.shape)

@@ -28,9 +28,9 @@ from ..mapspec import ArraySpec, MapSpec, MapSpecError
 from ..ranges import compress
 from ..status import RunRecord, StepStatus
 from ..store import FileBasedObjectArray, element_path, load_pickle, present_indices, write_pickle
-from ..workflow import Call, Map, Workflow, as_mapped_array, mapped_shape
-from .hashing import KEY_DTYPE, MISSING_KEY, KeyBook, code_key, combine, value_key
-from .reuse import KEYS_FILE, link_elements, origin_step_dir, reusable_elements
+from ..workflow import Call, Map, Workflow, mapped_shape
+from .hashing import KeyBook, combine, value_key
+from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
 from .worker import INFRASTRUCTURE, MISSING_OUTPUT, OK, USER_ERROR, ElementResult, Source, TaskSpec
 
@@ -285,7 +285,7 @@ class Execution:
         if keys is not None:
             np.save(step_dir / KEYS_FILE, keys)
         self._reuse(node, st, keys, wanted, log)
-        have = self._present(step_dir, node.outputs, wanted)
+        have = present_elements(step_dir, node.outputs, wanted)
         st.n_done = st.n_reused = len(have)
         todo = np.setdiff1d(wanted, have)
         if len(have) and not st.reused_from:
@@ -300,7 +300,7 @@ class Execution:
             if st.n_done == 0 and total:
                 self.keys.array.update({out: None for out in node.outputs})
                 return {}
-            self._note_output_keys(node, step_dir, keys)
+            self.keys.note_map_outputs(node.outputs, step_dir, keys)
             return {
                 out: Source("array", str(step_dir / "return_values" / out), shape)
                 for out in node.outputs
@@ -436,48 +436,10 @@ class Execution:
         log: Callable[[str], None],
     ) -> np.ndarray | None:
         """The reuse key of every element (a 0-d array for a plain call), or None."""
-        code, why = code_key(node.step.callable)
-        mapped = node.mapspec.input_names if isinstance(node, Map) else ()
-        broadcast = [p for p in params if p not in mapped]
-        base = self.keys.step_key(code, broadcast)
-        if base is None:
-            unkeyed = [p for p in broadcast if self.keys.whole(p) is None]
-            reason = why or f"input(s) {', '.join(unkeyed)} cannot be hashed"
-            if self.reuse_from is not None:
-                log(f"results of this step cannot be reused later: {reason}")
-            return None
-        if not isinstance(node, Map):
-            return np.array(base, dtype=KEY_DTYPE)
-        per_input = []
-        for arr in node.mapspec.inputs:
-            src = params[arr.name]
-            value = None if src.kind == "array" else as_mapped_array(self._value(src), arr.rank)
-            ekeys = self.keys.elements(arr.name, value, arr.rank)
-            if ekeys is None:
-                log(f"results of this step cannot be reused later: {arr.name!r} has no keys")
-                return None
-            per_input.append((arr, ekeys))
-        keys = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=KEY_DTYPE)
-        for n in range(keys.size):
-            out_key = MapSpec.output_key(n, shape)
-            in_keys = node.mapspec.input_keys(out_key)
-            parts: list[bytes | str] = [base]
-            for arr, ekeys in per_input:
-                parts += [arr.name, np.asarray(ekeys[in_keys[arr.name]]).tobytes()]
-            keys[n] = combine(*parts)
-        return keys.reshape(shape)
-
-    def _note_output_keys(self, node: Map, step_dir: Path, keys: np.ndarray | None) -> None:
-        """Element keys of the map's outputs, with masked elements marked missing."""
-        for out in node.outputs:
-            if keys is None:
-                self.keys.array[out] = None
-                continue
-            present = np.zeros(keys.size, dtype=bool)
-            present[present_indices(step_dir / "return_values" / out)] = True
-            marked = keys.reshape(-1).copy()
-            marked[~present] = MISSING_KEY
-            self.keys.array[out] = marked.reshape(keys.shape)
+        keys, why = self.keys.node_keys(node, params, shape, self._value)
+        if keys is None and self.reuse_from is not None:
+            log(f"results of this step cannot be reused later: {why}")
+        return keys
 
     def _reuse(
         self,
@@ -490,28 +452,16 @@ class Execution:
         """Link matching results of the run this one restarts from."""
         if self.reuse_from is None or keys is None:
             return
-        origin = origin_step_dir(self.reuse_from, node.name)
-        if origin is None:
-            return
-        step_dir = self.step_dir(st)
-        done = self._present(step_dir, node.outputs, wanted)
-        pairs = reusable_elements(
-            origin, list(node.outputs), np.atleast_1d(keys), np.setdiff1d(wanted, done)
+        taken = take_from_run(
+            self.reuse_from, node.name, list(node.outputs), self.step_dir(st), keys, wanted
         )
-        if not pairs:
+        if taken is None:
+            return
+        if not taken:
             log(f"nothing to reuse from run {self.reuse_from.name} (code or inputs changed)")
             return
-        link_elements(origin, step_dir, list(node.outputs), pairs)
         st.reused_from = self.reuse_from.name
-        log(f"reused {len(pairs)} of {len(wanted)} elements from run {self.reuse_from.name}")
-
-    @staticmethod
-    def _present(step_dir: Path, outputs: Iterable[str], wanted: np.ndarray) -> np.ndarray:
-        """The wanted elements that have every output in the store."""
-        have = wanted
-        for out in outputs:
-            have = np.intersect1d(have, present_indices(step_dir / "return_values" / out))
-        return have
+        log(f"reused {taken} of {len(wanted)} elements from run {self.reuse_from.name}")
 
     # -- shapes and masks ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ import numpy as np
 from ..status import RunRecord
 from ..store import element_path, present_indices
 
-__all__ = ["link_file", "origin_step_dir", "reusable_elements"]
+__all__ = [
+    "link_file",
+    "origin_step_dir",
+    "present_elements",
+    "reusable_elements",
+    "take_from_run",
+]
 
 KEYS_FILE = "keys.npy"
 
@@ -83,3 +90,29 @@ def link_elements(
                 element_path(origin_dir / "return_values" / out, old),
                 element_path(step_dir / "return_values" / out, new),
             )
+
+
+def present_elements(step_dir: Path, outputs: Iterable[str], wanted: np.ndarray) -> np.ndarray:
+    """The wanted elements that have every output in the store."""
+    have = wanted
+    for out in outputs:
+        have = np.intersect1d(have, present_indices(step_dir / "return_values" / out))
+    return have
+
+
+def take_from_run(
+    origin_run: Path,
+    step_name: str,
+    outputs: list[str],
+    step_dir: Path,
+    keys: np.ndarray,
+    wanted: np.ndarray,
+) -> int | None:
+    """Link the wanted elements whose keys match into ``step_dir``; how many (None: no step)."""
+    origin = origin_step_dir(origin_run, step_name)
+    if origin is None:
+        return None
+    missing = np.setdiff1d(wanted, present_elements(step_dir, outputs, wanted))
+    pairs = reusable_elements(origin, outputs, np.atleast_1d(keys), missing)
+    link_elements(origin, step_dir, outputs, pairs)
+    return len(pairs)
