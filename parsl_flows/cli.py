@@ -397,14 +397,9 @@ def _abandon(run: Run) -> NoReturn:
     try:
         import psutil
 
-        helpers = psutil.Process().children(recursive=True)
-        for p in helpers:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(helpers, timeout=3)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        from .lock import stop_processes
+
+        stop_processes(psutil.Process().children(recursive=True), timeout=3)
     except Exception:  # leaving matters more than tidying up
         pass
     os._exit(130)

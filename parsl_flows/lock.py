@@ -21,7 +21,7 @@ import psutil
 
 from .store import write_json
 
-__all__ = ["RunLock", "RunLockedError"]
+__all__ = ["RunLock", "RunLockedError", "driver_alive", "stop_processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,14 +129,7 @@ class RunLock:
         if not procs:
             return
         log(f"stopping {len(procs)} Parsl process(es) the dead driver left running")
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=5)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(procs, timeout=5)
 
     def note_helpers(self, parsl_run_dir: str | None) -> None:
         """Record the Parsl processes this driver started (so a successor can stop them)."""
@@ -156,6 +149,18 @@ class RunLock:
         owner = self.read()
         if owner and owner.get("pid") == self.pid and owner.get("host") == self.host:
             self.path.unlink(missing_ok=True)
+
+
+def stop_processes(procs: list[psutil.Process], timeout: float) -> None:
+    """SIGTERM ``procs``, then SIGKILL those still alive after ``timeout`` seconds."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
 
 
 def driver_alive(run_dir: Path) -> bool | None:

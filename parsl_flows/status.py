@@ -10,11 +10,13 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .store import read_json, write_json
 
 __all__ = ["FINAL_RUN_STATES", "RunRecord", "StepStatus"]
+
+_R = TypeVar("_R")
 
 #: States a step ends in; "waiting" and "running" are the others.
 FINAL_STEP_STATES = frozenset({"finished", "failed", "skipped"})
@@ -91,9 +93,7 @@ class StepStatus:
 
     @classmethod
     def load(cls, step_dir: Path) -> StepStatus:
-        data = read_json(step_dir / "status.json")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _from_json(cls, step_dir / "status.json")
 
 
 @dataclass
@@ -120,6 +120,11 @@ class RunRecord:
 
     @classmethod
     def load(cls, run_dir: Path) -> RunRecord:
-        data = read_json(run_dir / "run.json")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return _from_json(cls, run_dir / "run.json")
+
+
+def _from_json(cls: type[_R], path: Path) -> _R:
+    """A record from its file; fields it does not know (newer versions) are ignored."""
+    data = read_json(path)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in known})
