@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import seed_flows as seed
 import parsl_flows as flows
 from parsl_flows import step
 from parsl_flows.engine.runner import runner
-from parsl_flows.workflow import new_workflow
+from parsl_flows.workflow import map_, new_workflow
 
 
 def _slurm_reachable() -> bool:
@@ -129,3 +130,36 @@ def test_a_block_that_cannot_start_is_reported_and_does_not_hang(tmp_path, monke
     assert "cannot load the environment" in str(exc)
     assert "block failed" in flows.report.log(s)
     assert "block failed" in flows.report.progress(r)
+
+
+@step(returns="y")
+def slow_once(x: int, marks: str) -> int:
+    mark = Path(marks, str(x))
+    if x == 0 and not mark.exists():  # the first call of element 0 hangs in its block
+        mark.write_text(os.environ.get("SLURM_JOB_ID", ""))
+        time.sleep(300)
+    return 10 * x
+
+
+def test_a_block_lost_mid_run_is_replaced_and_its_elements_rerun(cluster_env, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    flow = new_workflow("lost_block").then(map_(slow_once, "x[i] -> y[i]"))
+    r = flows.submit(
+        flows.workflow.build(flow.on(cluster_env), x=list(range(4)), marks=str(marks)),
+        store=tmp_path / "store",
+    )
+    mark = marks / "0"
+    deadline = time.monotonic() + 120
+    while not (mark.exists() and mark.read_text()):
+        assert time.monotonic() < deadline, "element 0 never started"
+        time.sleep(0.1)
+    job = mark.read_text()
+    subprocess.run(["scancel", job], check=True)  # as if the block hit its walltime
+    r.wait(300)
+    s = r.called[0]
+    assert r.exit_code == 0 and s.exit_code == 0, flows.report.log(s)
+    assert s.outputs.return_values.y.to_array().tolist() == [0, 10, 20, 30]
+    assert "worker pool lost" in flows.report.log(s)
+    assert len(s.attempts) == 2 and s.attempts[0]["infrastructure"] >= 1  # max_restarts=1
+    assert job not in s.record.batch_jobs[-1:]  # the rerun ran in a new block
