@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: netCDF4's HDF5 library is not thread-safe: two steps finishing at once in the driver's
+#: threads crashed the process (a segfault) while both wrote their dataset.nc.  Every
+#: netCDF write of this module holds this lock.
+NETCDF_LOCK = threading.Lock()
 
 #: The file a finished map step's dataset is written to, in its step directory.
 DATASET_FILE = "dataset.nc"
@@ -711,7 +717,8 @@ def _write_netcdf(ds: xr.Dataset, path: Path, folders: dict[str, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+        with NETCDF_LOCK:
+            out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -636,3 +636,25 @@ def test_the_engine_hook_writes_maps_only_and_never_raises(shapes_run, tmp_path)
     assert write_step_dataset(broken, quiet=True) is None
     with pytest.raises(ValueError):
         write_step_dataset(broken)
+
+
+def _scaler(k: int) -> flows.Step:
+    def scale(x: float) -> float:
+        return float(x) * k
+
+    scale.__name__ = f"scale{k}"
+    return step(scale, returns=f"y{k}")
+
+
+@pytest.mark.slow
+def test_many_maps_finishing_together_write_their_netcdf_safely(local_env, tmp_path) -> None:
+    # netCDF4's HDF5 is not thread-safe: maps that end at once used to crash the driver
+    # (segfault or bus error) while their threads wrote dataset.nc side by side.
+    maps = [map_(_scaler(k), f"x[i] -> y{k}[i]") for k in range(6)]
+    flow = new_workflow("many").then(concurrently(*maps))
+    for attempt in range(3):
+        r = run(flow, local_env, tmp_path / f"s{attempt}", x=list(range(40)))
+        assert r.exit_code == 0
+        for k in range(6):
+            with xr.open_dataset(r.step(f"scale{k}").path / "dataset.nc") as ds:
+                assert ds[f"y{k}"].values.tolist() == [float(x * k) for x in range(40)]
