@@ -110,7 +110,9 @@ def test_unknown_partition_is_rejected_before_submission(tmp_path):
         flows.submit(builder, store=tmp_path)
 
 
-def test_a_block_that_cannot_start_is_reported_and_does_not_hang(tmp_path, monkeypatch):
+def test_a_block_that_cannot_start_is_reported_and_does_not_hang(
+    tmp_path, monkeypatch, cluster_env
+):
     computers = tmp_path / "computers.toml"
     computers.write_text(
         "[badcluster]\n"
@@ -130,6 +132,12 @@ def test_a_block_that_cannot_start_is_reported_and_does_not_hang(tmp_path, monke
     assert "cannot load the environment" in str(exc)
     assert "block failed" in flows.report.log(s)
     assert "block failed" in flows.report.progress(r)
+    # The broken computer must not stop the driver's other executors from getting blocks
+    # (Parsl re-ran its error handler on every poll and aborted polling for all of them).
+    time.sleep(3)  # let Parsl poll the bad executor again, as it does every second
+    after = run(new_workflow("after").then(seed.make_geometry), cluster_env, tmp_path / "ok",
+                x=1.0, y=2.0)  # fmt: skip
+    assert after.exit_code == 0, flows.report.log(after)
 
 
 @step(returns="y")

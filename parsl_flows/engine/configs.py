@@ -13,11 +13,35 @@ from typing import Any
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.jobs.error_handlers import simple_error_handler
+from parsl.jobs.states import JobStatus
 from parsl.launchers import SingleNodeLauncher
 from parsl.providers import LocalProvider
 from parsl.providers import SlurmProvider as _ParslSlurmProvider
 
-__all__ = ["SlurmProvider", "local_config", "slurm_config", "slurm_executor", "thread_config"]
+__all__ = [
+    "SlurmProvider",
+    "fail_blocks_once",
+    "local_config",
+    "slurm_config",
+    "slurm_executor",
+    "thread_config",
+]
+
+
+def fail_blocks_once(executor: BlockProviderExecutor, status: dict[str, JobStatus]) -> None:
+    """Parsl's ``simple_error_handler``, but only until the executor is in bad state.
+
+    Parsl 2026.10 calls the handler on every poll; once the executor is bad, failing its
+    (already failed) futures again raises ``InvalidStateError``, which aborts the poll of
+    *every* executor: no executor of the driver starts or stops a block again.  Seen here:
+    after one computer's broken ``worker_init``, a run on a healthy computer waited
+    forever for a block.
+    """
+    if executor.bad_state_is_set:
+        return
+    simple_error_handler(executor, status)
 
 
 def local_config(max_workers: int | None = None, label: str = "local") -> Config:
@@ -38,6 +62,7 @@ def local_config(max_workers: int | None = None, label: str = "local") -> Config
                 heartbeat_period=2,
                 heartbeat_threshold=10,
                 poll_period=10,
+                block_error_handler=fail_blocks_once,
                 provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
             )
         ],
@@ -140,6 +165,7 @@ def slurm_executor(
         heartbeat_period=5,
         heartbeat_threshold=30,
         poll_period=10,
+        block_error_handler=fail_blocks_once,
         provider=provider,
     )
 
