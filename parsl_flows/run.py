@@ -298,6 +298,10 @@ def load_run(
     path = Path(path_or_id).expanduser()
     if (path / "run.json").exists():
         return Run(path)
+    if path.is_dir() or os.sep in str(path_or_id):
+        raise FileNotFoundError(
+            f"no run at {path} (no run.json there: not a run directory, or one still being created)"
+        )
     runs = default_store(store) / "runs"
     matches = sorted(p for p in runs.glob(f"{path_or_id}*") if (p / "run.json").exists())
     if len(matches) == 1:

@@ -502,7 +502,10 @@ def test_ctrl_c_leaves_a_resumable_run(work: Path) -> None:
     )  # fmt: skip
     try:
         runs = store_of(work) / "runs"
-        wait_for(lambda: runs.is_dir() and any(runs.iterdir()), "the run to be created")
+        wait_for(
+            lambda: runs.is_dir() and any((r / "run.json").exists() for r in runs.iterdir()),
+            "the run to be created",
+        )
         run = flows.load_run(next(runs.iterdir()))
         wait_for(lambda: run.step("slow_double").record.n_done >= 2, "some elements to finish")
         proc.send_signal(signal.SIGINT)

@@ -299,3 +299,10 @@ def test_runs_with_an_unactivated_interpreter(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "42"
+
+
+def test_load_run_of_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run.json there"):
+        flows.load_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run 'nope'"):
+        flows.load_run("nope", store=tmp_path)
