@@ -80,6 +80,17 @@ class Resources:
             out["walltime"] = format_walltime(self.walltime_s)
         return out
 
+    def label(self) -> str:
+        """A short name for this resource class, e.g. ``"4c-8192mb-3600s"``."""
+        parts = []
+        if self.cores is not None:
+            parts.append(f"{self.cores}c")
+        if self.memory_mb is not None:
+            parts.append(f"{self.memory_mb}mb")
+        if self.walltime_s is not None:
+            parts.append(f"{self.walltime_s}s")
+        return "-".join(parts)
+
     def __bool__(self) -> bool:
         return any(v is not None for v in (self.cores, self.memory_mb, self.walltime_s))
 

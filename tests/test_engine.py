@@ -302,7 +302,7 @@ def test_runs_with_an_unactivated_interpreter(tmp_path):
 
 
 def test_load_run_of_a_directory_that_is_not_a_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no run.json there"):
+    with pytest.raises(FileNotFoundError, match=r"no run\.json there"):
         flows.load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no run 'nope'"):
         flows.load_run("nope", store=tmp_path)

@@ -103,14 +103,7 @@ class Runner:
         with self._lock:
             key = (env.name, resources)
             if key not in self._class_labels:
-                parts = [env.name]
-                if resources.cores:
-                    parts.append(f"{resources.cores}c")
-                if resources.memory_mb:
-                    parts.append(f"{resources.memory_mb}mb")
-                if resources.walltime_s:
-                    parts.append(f"{resources.walltime_s}s")
-                label = "-".join(parts)
+                label = f"{env.name}-{resources.label()}"
                 executor = env.make_executor(resources, label)
                 logger.info("adding executor %s for resources %s", label, resources.as_dict())
                 assert self._dfk is not None
