@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,3 +27,28 @@ def thread_env() -> flows.engine.ExecutionEnvironment:
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+_EXIT_STATUS = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _EXIT_STATUS
+    _EXIT_STATUS = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Never let a stuck run hang the test process at exit (runs after the summary).
+
+    Runs are carried out in non-daemon threads (so a script that submits and ends still
+    finishes its runs).  A test that fails while its run still waits on Parsl would then
+    keep the interpreter alive forever, and CI would hang instead of failing.
+    """
+    import threading
+
+    stuck = [t.name for t in threading.enumerate() if t.name.startswith("parsl_flows-")]
+    if stuck:
+        sys.stderr.write(f"\nruns still going after the tests: {stuck}; exiting without them\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(_EXIT_STATUS or 1)
