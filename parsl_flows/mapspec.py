@@ -213,6 +213,25 @@ class MapSpec:
         """The C-order position of ``key`` in an array of ``shape``."""
         return int(np.ravel_multi_index(tuple(key), tuple(shape)))
 
+    def on_output_grid(self, name: str, values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """``values`` of input ``name`` (over its named axes, in spec order) laid onto the
+        output grid: element ``key`` of the result is what output element ``key`` reads.
+
+        ``values`` has one axis per named index of the input (``:`` axes already reduced
+        away); the result is a read-only broadcast view of shape ``shape``.
+
+        >>> spec = MapSpec.from_string("x[j], y[i] -> z[i, j]")
+        >>> spec.on_output_grid("x", np.array([10, 20, 30]), (2, 3)).tolist()
+        [[10, 20, 30], [10, 20, 30]]
+        """
+        order = self.output_indices
+        names = list(self.input(name).indices)
+        perm = sorted(range(len(names)), key=lambda k: order.index(names[k]))
+        laid = values.transpose(perm + list(range(len(names), values.ndim)))
+        grid = [shape[order.index(i)] if i in names else 1 for i in order]
+        laid = laid.reshape(grid + list(values.shape[len(names) :]))
+        return np.broadcast_to(laid, tuple(shape) + values.shape[len(names) :])
+
     def input_keys(self, output_key: Sequence[int]) -> dict[str, tuple[int | slice, ...]]:
         """For each input, the key that selects what output element ``output_key`` gets."""
         by_index = dict(zip(self.output_indices, output_key, strict=True))

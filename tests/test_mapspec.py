@@ -404,3 +404,21 @@ def test_key_to_linear_index_round_trip(shape, data):
 def test_enumeration_is_c_order(shape):
     keys = [MapSpec.output_key(n, shape) for n in range(math.prod(shape))]
     assert keys == list(np.ndindex(shape))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x[i], y[j] -> z[i, j]", "x[j], y[i] -> z[i, j]", "x[i, j], y[j, k] -> z[i, j, k]",
+     "x[k, i] -> z[i, k]"],
+)  # fmt: skip
+def test_on_output_grid_agrees_with_input_keys(text: str) -> None:
+    spec = MapSpec.from_string(text)
+    sizes = {"i": 2, "j": 3, "k": 4}
+    shape = tuple(sizes[i] for i in spec.output_indices)
+    for arr in spec.inputs:
+        values = np.arange(np.prod([sizes[i] for i in arr.indices])).reshape(
+            [sizes[i] for i in arr.indices]
+        )
+        laid = spec.on_output_grid(arr.name, values, shape)
+        for key in np.ndindex(*shape):
+            assert laid[key] == values[spec.input_keys(key)[arr.name]]

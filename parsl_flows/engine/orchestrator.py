@@ -492,7 +492,6 @@ class Execution:
     ) -> np.ndarray:
         """Elements whose mapped inputs all exist (``:`` axes need one present value)."""
         out = np.ones(shape, dtype=bool)
-        order = spec.output_indices
         for arr in spec.inputs:
             present = self._present_mask(params[arr.name], arr)
             if present is None:
@@ -500,11 +499,7 @@ class Execution:
             whole = tuple(k for k, a in enumerate(arr.axes) if a is None)
             if whole:
                 present = np.asarray(present.any(axis=whole))
-            names = list(arr.indices)
-            perm = sorted(range(len(names)), key=lambda k: order.index(names[k]))
-            present = present.transpose(perm)
-            names.sort(key=order.index)
-            out &= present.reshape([shape[order.index(i)] if i in names else 1 for i in order])
+            out &= spec.on_output_grid(arr.name, present, shape)
         return out
 
     # -- tasks -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import contextlib
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,22 +78,23 @@ _CACHE: dict[tuple[str, float], Any] = {}
 _CACHE_LIMIT = 16
 
 
-def _cached_load(path: str) -> Any:
-    key = (path, os.stat(path).st_mtime)
+def _cached(key: tuple[str, float], make: Callable[[], Any]) -> Any:
     if key not in _CACHE:
-        if len(_CACHE) >= _CACHE_LIMIT:
+        if len(_CACHE) >= _CACHE_LIMIT:  # evict the oldest entry
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = load_pickle(Path(path))
+        _CACHE[key] = make()
     return _CACHE[key]
+
+
+def _cached_load(path: str) -> Any:
+    return _cached((path, os.stat(path).st_mtime), lambda: load_pickle(Path(path)))
 
 
 def _mapped_array(path: str, rank: int) -> np.ndarray:
     from ..workflow import as_mapped_array
 
     key = (f"{path}#mapped{rank}", os.stat(path).st_mtime)
-    if key not in _CACHE:
-        _CACHE[key] = as_mapped_array(_cached_load(path), rank)
-    arr: np.ndarray = _CACHE[key]
+    arr: np.ndarray = _cached(key, lambda: as_mapped_array(_cached_load(path), rank))
     return arr
 
 
