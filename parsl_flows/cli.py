@@ -355,6 +355,8 @@ def _start(
     args: argparse.Namespace, start: Callable[[], Run], store: Path, log: Path | None = None
 ) -> int:
     """Start a run (here, or in a detached process) and follow it to its end."""
+    if store.exists() and not store.is_dir():
+        raise UsageError(f"the store {store} is a file, not a directory; give another --store")
     if args.detach:
         return _detach(start, store, log)
     run = start()
@@ -369,7 +371,12 @@ def _follow_to_end(run: Run, tty: bool, owned: bool) -> int:
     except KeyboardInterrupt:
         if not owned:
             raise
-        _abandon(run)
+        # The same stop as a script's or a notebook's Ctrl-C: the run ends 'interrupted'.
+        print(f"\ninterrupted: stopping run {run.id}; what finished is kept", file=sys.stderr)
+        run.interrupt()
+        print(summary(run))
+        print(f"\ncarry on: {PROG} resume {run.id}", file=sys.stderr)
+        return 130
     print()
     print(summary(run))
     status = _exit_status(run)
@@ -379,30 +386,6 @@ def _follow_to_end(run: Run, tty: bool, owned: bool) -> int:
         if run.status == "interrupted":
             print(f"carry on: {PROG} resume {run.id}")
     return status
-
-
-def _abandon(run: Run) -> NoReturn:
-    """Ctrl-C while driving a run: stop Parsl's helpers and leave, as a killed driver would.
-
-    Shutting Parsl down cleanly would fail the tasks still queued and mark the run failed;
-    leaving at once keeps it resumable, with everything that finished in the store.
-    """
-    print(
-        f"\ninterrupted: run {run.id} stops here; what finished is kept in the store.\n"
-        f"carry on with: {PROG} resume {run.id}",
-        file=sys.stderr,
-    )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        import psutil
-
-        from .lock import stop_processes
-
-        stop_processes(psutil.Process().children(recursive=True), timeout=3)
-    except Exception:  # leaving matters more than tidying up
-        pass
-    os._exit(130)
 
 
 def _detach(start: Callable[[], Run], store: Path, log: Path | None = None) -> int:

@@ -21,7 +21,7 @@ import psutil
 
 from .store import write_json
 
-__all__ = ["RunLock", "RunLockedError", "driver_alive", "stop_processes"]
+__all__ = ["RunLock", "RunLockedError", "driver_alive", "parsl_processes", "stop_processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,23 +109,8 @@ class RunLock:
     def _stop_orphans(
         helpers: list[list[float]], parsl_run_dir: str | None, log: Callable[[str], None]
     ) -> None:
-        """Stop the dead driver's interchange and its worker pools.
-
-        The interchange is known by pid; worker pools were detached by Parsl's
-        LocalProvider, but name the driver's Parsl run directory on their command line.
-        """
-        procs = []
-        for pid, created in helpers:
-            if _alive(int(pid), created):
-                with contextlib.suppress(psutil.Error):
-                    p = psutil.Process(int(pid))
-                    procs.extend([p, *p.children(recursive=True)])
-        if parsl_run_dir:
-            for p in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(p.info.get("cmdline") or [])
-                if parsl_run_dir.rstrip("/") + "/" in cmd and p.pid != os.getpid():
-                    with contextlib.suppress(psutil.Error):
-                        procs.extend([p, *p.children(recursive=True)])
+        """Stop the dead driver's interchange and its worker pools, if any are left."""
+        procs = parsl_processes(parsl_run_dir, helpers)
         if not procs:
             return
         log(f"stopping {len(procs)} Parsl process(es) the dead driver left running")
@@ -134,12 +119,9 @@ class RunLock:
     def note_helpers(self, parsl_run_dir: str | None) -> None:
         """Record the Parsl processes this driver started (so a successor can stop them)."""
         found = []
-        with contextlib.suppress(psutil.Error):
-            for p in psutil.Process(self.pid).children(recursive=False):
-                with contextlib.suppress(psutil.Error):
-                    cmd = " ".join(p.cmdline())
-                    if "interchange" in cmd or "process_worker_pool" in cmd or "parsl" in cmd:
-                        found.append([p.pid, p.create_time()])
+        for p in _parsl_children(psutil.Process(self.pid)):
+            with contextlib.suppress(psutil.Error):
+                found.append([p.pid, p.create_time()])
         if sorted(found) != sorted(self._helpers) or parsl_run_dir != self._parsl_run_dir:
             self._helpers = found
             self._parsl_run_dir = parsl_run_dir
@@ -149,6 +131,49 @@ class RunLock:
         owner = self.read()
         if owner and owner.get("pid") == self.pid and owner.get("host") == self.host:
             self.path.unlink(missing_ok=True)
+
+
+def _parsl_children(parent: psutil.Process) -> list[psutil.Process]:
+    """The direct children of ``parent`` that Parsl started (interchanges, local pools)."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for p in parent.children(recursive=False):
+            with contextlib.suppress(psutil.Error):
+                cmd = " ".join(p.cmdline())
+                if "interchange" in cmd or "process_worker_pool" in cmd or "parsl" in cmd:
+                    found.append(p)
+    return found
+
+
+def parsl_processes(
+    parsl_run_dir: str | None, helpers: list[list[float]] | None = None
+) -> list[psutil.Process]:
+    """Every live process of one driver's Parsl, with their children.
+
+    ``helpers`` are ``[pid, create_time]`` of the interchanges (children of the driver);
+    without them, the calling process's own Parsl children are taken.  Worker pools were
+    detached by Parsl's LocalProvider (new process group, adopted by init), but name the
+    driver's Parsl run directory on their command line.
+    """
+    roots: list[psutil.Process] = []
+    if helpers is None:
+        roots.extend(_parsl_children(psutil.Process()))
+    else:
+        for pid, created in helpers:
+            if _alive(int(pid), created):
+                with contextlib.suppress(psutil.Error):
+                    roots.append(psutil.Process(int(pid)))
+    if parsl_run_dir:
+        marker = parsl_run_dir.rstrip("/") + "/"
+        for p in psutil.process_iter(["cmdline"]):
+            if p.pid != os.getpid() and marker in " ".join(p.info.get("cmdline") or []):
+                roots.append(p)
+    procs: dict[int, psutil.Process] = {}
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            for p in [root, *root.children(recursive=True)]:
+                procs.setdefault(p.pid, p)
+    return list(procs.values())
 
 
 def stop_processes(procs: list[psutil.Process], timeout: float) -> None:

@@ -185,9 +185,11 @@ class Run:
         kernel or CLI); ``resume()`` carries on from what is in the store.
         """
         status = self.record.status
-        if status == "running" and self._execution is None and driver_alive(self.path) is False:
-            return "interrupted"
-        return status
+        if status != "running":
+            return status
+        if self._execution is not None:  # ended here, but a full or read-only store kept
+            return self._execution.outcome  # run.json from saying so
+        return "interrupted" if driver_alive(self.path) is False else status
 
     @property
     def exit_code(self) -> int | None:
@@ -200,7 +202,12 @@ class Run:
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run ends (or ``timeout`` seconds pass: ``TimeoutError``)."""
         if self._execution is not None:
-            if not self._execution.done.wait(timeout):
+            try:
+                ended = self._execution.done.wait(timeout)
+            except KeyboardInterrupt:  # Ctrl-C means stop: the run ends 'interrupted'
+                self._execution.interrupt()
+                raise
+            if not ended:
                 raise TimeoutError(f"run {self.id} still running after {timeout} s")
             return self
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -208,6 +215,19 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {self.id} still running after {timeout} s")
             time.sleep(0.2)
+        return self
+
+    def interrupt(self) -> Run:
+        """Stop this run now, as Ctrl-C does; ``resume()`` carries it on later.
+
+        Only the process that drives a run can stop it this way; what finished is kept.
+        """
+        if self._execution is None:
+            raise RuntimeError(
+                f"run {self.id} is not driven by this process; stop its driver (pid "
+                f"{self.record.driver_pid} on {self.record.driver_host}) with Ctrl-C or a signal"
+            )
+        self._execution.interrupt()
         return self
 
     @property

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import uuid
 from collections.abc import Iterable, Iterator
@@ -38,11 +39,15 @@ if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = [
+    "DamagedFileError",
     "FileBasedObjectArray",
     "default_store",
+    "drop_damaged",
     "element_path",
+    "is_intact",
     "load_pickle",
     "present_indices",
+    "read_exception",
     "read_json",
     "write_json",
     "write_pickle",
@@ -76,9 +81,77 @@ def write_pickle(path: Path, value: Any) -> None:
     _atomic_write(path, cloudpickle.dumps(value))
 
 
+class DamagedFileError(ValueError):
+    """A file of the store cannot be read back: truncated, emptied or overwritten.
+
+    Our own writes are atomic, so this comes from outside: a disk error, a copy cut short,
+    a person editing the store.  The message names the file and, for an element file,
+    the element, and says how to get it computed again.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        self.element = element_index(self.path)
+        what = f"file {self.path}"
+        if self.element is not None:
+            what = f"element {self.element} of {self.path.parent} (file {self.path})"
+        fix = (
+            "; delete the file, then run.resume() or a restart computes the element again"
+            if self.element is not None
+            else "; delete it, or start a new run"
+        )
+        super().__init__(f"cannot read {what}: it is damaged ({reason}){fix}")
+
+
+# What unpickling a cut or overwritten file raises.  The last few can also come from a
+# user's class rebuilding itself, so they count as damage only when the file is not whole;
+# a class missing where the file is read (ImportError, AttributeError) is never damage.
+_DAMAGE = (pickle.UnpicklingError, EOFError)
+_MAYBE_DAMAGE = (ValueError, IndexError, KeyError, MemoryError, OverflowError)
+
+
 def load_pickle(path: Path) -> Any:
+    """Load one pickle of the store; a damaged file raises :class:`DamagedFileError`."""
     with open(path, "rb") as f:
-        return cloudpickle.load(f)
+        try:
+            return cloudpickle.load(f)
+        except _DAMAGE as e:
+            raise DamagedFileError(path, f"{type(e).__name__}: {e}") from e
+        except _MAYBE_DAMAGE as e:
+            if is_intact(path):
+                raise
+            raise DamagedFileError(path, f"{type(e).__name__}: {e}") from e
+
+
+def is_intact(path: Path) -> bool:
+    """Whether ``path`` looks whole: not empty, and ending in pickle's STOP opcode.
+
+    One small read instead of unpickling, so that a resume can check every file it keeps;
+    a file cut anywhere short of its end fails it.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == pickle.STOP
+    except OSError:  # empty (cannot seek before the start) or unreadable
+        return False
+
+
+def drop_damaged(folder: Path, indices: np.ndarray) -> list[int]:
+    """Delete the element files of ``indices`` in ``folder`` that are damaged; which ones."""
+    damaged = [int(n) for n in indices.tolist() if not is_intact(element_path(folder, int(n)))]
+    for n in damaged:
+        element_path(folder, n).unlink(missing_ok=True)
+    return damaged
+
+
+def read_exception(path: Path) -> str:
+    """``"Type: message"`` of a stored exception, for logs (never raises)."""
+    try:
+        exc = load_pickle(path)
+    except Exception as e:
+        return f"(its exception file cannot be read: {e})"
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
@@ -104,6 +177,12 @@ def _json_default(x: Any) -> Any:
 def element_path(folder: Path, n: int) -> Path:
     """The file of element ``n`` (C order) in an array folder."""
     return folder / f"__{n}__.pickle"
+
+
+def element_index(path: Path) -> int | None:
+    """The element number of an element file's path (None for other files)."""
+    m = _ELEMENT.fullmatch(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def present_indices(folder: Path) -> np.ndarray:

@@ -169,14 +169,27 @@ def from_file(path: str | os.PathLike[str]) -> ExecutionEnvironment:
         raise FileNotFoundError(f"no Parsl config file at {file}")
 
     def make() -> Config:
-        namespace: dict[str, Any] = runpy.run_path(str(file))
+        try:
+            namespace: dict[str, Any] = runpy.run_path(str(file))
+        except Exception as e:
+            raise ValueError(f"the Parsl config file {file} does not load: {_oneline(e)}") from e
         if "config" not in namespace:
             raise ValueError(f"{file} defines no 'config' (a parsl.config.Config)")
-        cfg: Config = namespace["config"]
+        cfg = namespace["config"]
+        if not isinstance(cfg, Config):
+            raise TypeError(
+                f"'config' in {file} is a {type(cfg).__name__}, not a parsl.config.Config"
+            )
         return cfg
 
     make()  # fail now, not at submission, if the file is broken
     return ExecutionEnvironment(f"file:{file}", make, f"Parsl config from {file}")
+
+
+def _oneline(e: BaseException) -> str:
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} (line {e.lineno})"
+    return f"{type(e).__name__}: {e}"
 
 
 # The seed calls these as attributes of execution_environment.

@@ -253,7 +253,8 @@ def _combine_on_grid(
         by_bytes = np.ascontiguousarray(ekeys).view(np.uint8).reshape((*ekeys.shape, 16))
         by_bytes = by_bytes.transpose(named + whole + [by_bytes.ndim - 1])
         laid = spec.on_output_grid(arr.name, by_bytes, shape)
-        columns.append(np.ascontiguousarray(laid).reshape(n, -1))
+        row = int(np.prod(laid.shape[len(shape) :], dtype=np.int64))  # -1 fails when n == 0
+        columns.append(np.ascontiguousarray(laid).reshape(n, row))
     rows = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
     width = rows.shape[1]
     data = rows.tobytes()

@@ -10,31 +10,51 @@ module only moves paths and small status records.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import EXIT_CODES, InfrastructureError
-from ..lock import RunLock
+from ..lock import RunLock, parsl_processes
 from ..mapspec import ArraySpec, MapSpec, MapSpecError
 from ..ranges import compress
 from ..status import RunRecord, StepStatus
-from ..store import FileBasedObjectArray, element_path, load_pickle, present_indices, write_pickle
+from ..store import (
+    FileBasedObjectArray,
+    drop_damaged,
+    element_path,
+    load_pickle,
+    present_indices,
+    read_exception,
+    write_pickle,
+)
 from ..workflow import Call, Map, Workflow, mapped_shape
 from .hashing import KeyBook, combine, value_key
 from .reuse import KEYS_FILE, present_elements, take_from_run
-from .runner import runner
-from .worker import INFRASTRUCTURE, MISSING_OUTPUT, OK, USER_ERROR, ElementResult, Source, TaskSpec
+from .runner import STOP_SECONDS, runner
+from .worker import (
+    INFRASTRUCTURE,
+    MISSING_OUTPUT,
+    NOT_RUN,
+    OK,
+    USER_ERROR,
+    ElementResult,
+    Source,
+    TaskSpec,
+)
 
-__all__ = ["Execution", "StepLog"]
+__all__ = ["Execution", "RunInterrupted", "StepLog", "interrupt", "live_executions"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +64,16 @@ _FLUSH_SECONDS = 0.5
 _MAX_LOGGED_FAILURES = 10
 #: Extra attempts for an element lost to infrastructure failures, beyond the user's budget.
 INFRA_RETRIES = 3
+#: How often waiting loops look whether the run was told to stop.
+_STOP_POLL_SECONDS = 0.25
+
+
+class RunInterrupted(BaseException):
+    """Unwinds the orchestrator's threads when the run is told to stop (Ctrl-C).
+
+    A BaseException, so that no ``except Exception`` on the way records it as a failure of
+    a step: an interrupted step is unfinished, not failed.
+    """
 
 
 class StepLog:
@@ -73,6 +103,75 @@ def auto_chunksize(n_elements: int) -> int:
 
 def chunked(indices: np.ndarray, size: int) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in indices[k : k + size]) for k in range(0, len(indices), size)]
+
+
+def _isolating(todo: np.ndarray, size: int, suspects: set[int]) -> list[tuple[int, ...]]:
+    """``todo`` in chunks of ``size``, except that each suspect element is a task of its own."""
+    alone = [n for n in todo.tolist() if n in suspects]
+    rest = np.setdiff1d(todo, np.array(alone, dtype=np.int64))
+    return [(n,) for n in alone] + chunked(rest, size)
+
+
+_LIVE: set[Execution] = set()
+_LIVE_LOCK = threading.Lock()
+_AT_EXIT_REGISTERED = False
+#: How long the orchestrator may take to notice a stop and unwind (it looks 4 times a second).
+_UNWIND_SECONDS = 3.0
+
+
+def live_executions() -> list[Execution]:
+    """The runs this process is carrying out right now."""
+    with _LIVE_LOCK:
+        return list(_LIVE)
+
+
+def interrupt(executions: list[Execution], reason: str) -> None:
+    """Stop ``executions`` at once: what Ctrl-C does to a script, a notebook cell or the CLI.
+
+    Nothing more is submitted; each run ends ``interrupted`` with what finished kept in
+    the store, and its lock is released, so ``resume()`` carries it on here or elsewhere.
+    When no other run of this process is left, Parsl is shut down and every process it
+    started is stopped (the next submission starts a new one).  Runs of this process that
+    were not interrupted keep the shared workers, and with them this run's queued tasks.
+    A second Ctrl-C while this happens ends the process at once.
+    """
+    with _second_interrupt_exits():
+        for ex in executions:
+            ex.request_stop(reason)
+        deadline = time.monotonic() + _UNWIND_SECONDS
+        for ex in executions:
+            ex.done.wait(max(0.0, deadline - time.monotonic()))
+        if not live_executions():
+            runner.shutdown(timeout=STOP_SECONDS)
+
+
+@contextlib.contextmanager
+def _second_interrupt_exits() -> Any:
+    """While stopping, a second SIGINT kills Parsl's processes and exits (status 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    for p in parsl_processes(None):  # the interchanges: their pools follow them
+        with contextlib.suppress(Exception):
+            p.kill()
+    os._exit(130)
+
+
+def _finish_at_exit() -> None:
+    """At interpreter exit, wait for this process's runs; Ctrl-C there interrupts them."""
+    try:
+        for ex in live_executions():
+            ex.done.wait()
+    except KeyboardInterrupt:
+        interrupt(live_executions(), "interrupted by Ctrl-C (SIGINT) at the end of the script")
 
 
 def exit_code_of(codes: Iterable[int]) -> int:
@@ -111,36 +210,85 @@ class Execution:
         self.keys = KeyBook()
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self.done = threading.Event()
+        self.stopping = threading.Event()
+        self.stop_reason = ""
+        self.outcome = "running"  # how the run ended, even where run.json cannot be written
 
     def start(self) -> None:
+        global _AT_EXIT_REGISTERED
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+            if not _AT_EXIT_REGISTERED:
+                # Runs before the interpreter joins our (non-daemon) threads: a script that
+                # submitted and ended still finishes its runs, and Ctrl-C there stops them.
+                threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
+                _AT_EXIT_REGISTERED = True
         self.thread.start()
+
+    def interrupt(self, reason: str = "interrupted by Ctrl-C (SIGINT)") -> None:
+        """Stop this run now, as Ctrl-C does; see :func:`interrupt`."""
+        interrupt([self], reason)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop submitting now; the run ends 'interrupted' once its threads have unwound."""
+        self.stop_reason = self.stop_reason or reason
+        self.stopping.set()
+
+    def _check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise RunInterrupted(self.stop_reason)
 
     # -- the run -----------------------------------------------------------------------------
 
     def _main(self) -> None:
+        try:
+            self._carry_out()
+        finally:  # whatever happened (even a full disk), waiters must not wait forever
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
+            self.done.set()
+
+    def _carry_out(self) -> None:
         record = RunRecord.load(self.run_dir)
         try:
             exit_code = self._schedule()
             record.exit_code = exit_code
             record.status = "finished" if exit_code == 0 else "failed"
             record.message = "" if exit_code == 0 else EXIT_CODES[exit_code]
+        except RunInterrupted:
+            record.status = "interrupted"
+            record.message = f"{self.stop_reason}; resume() carries it on"
         except BaseException as e:  # the engine itself failed: say so in the run, not only here
             logger.exception("run %s failed", self.run_dir.name)
             record.status = "failed"
             record.message = f"the engine failed: {type(e).__name__}: {e}"
-            self.log(record.message)
         record.finished = time.time()
-        if any(isinstance(n, Map) for n in self.workflow.nodes):
+        self.outcome = record.status
+        if record.status != "interrupted" and any(isinstance(n, Map) for n in self.workflow.nodes):
             try:
                 from ..dataset import write_run_dataset
 
                 write_run_dataset(self.run_dir)
             except Exception as e:  # the results are in the store either way
-                self.log(f"could not write the run's dataset.nc: {type(e).__name__}: {e}")
-        record.save(self.run_dir)
-        self.log(f"workflow finished: status {record.status}, exit code {record.exit_code}")
-        self.lock.release()
-        self.done.set()
+                self._say(f"could not write the run's dataset.nc: {type(e).__name__}: {e}")
+        try:
+            record.save(self.run_dir)
+        except OSError as e:  # a full or read-only store: the log may still take it
+            logger.error("run %s: cannot save run.json: %s", self.run_dir.name, e)
+        if record.message and record.status != "finished":
+            self._say(record.message)
+        self._say(f"workflow {record.status}: exit code {record.exit_code}")
+        try:
+            self.lock.release()
+        except OSError as e:
+            logger.error("run %s: cannot remove its lock: %s", self.run_dir.name, e)
+
+    def _say(self, message: str) -> None:
+        """Log a line of the run; a store that cannot take it (full, read-only) only warns."""
+        try:
+            self.log(message)
+        except OSError as e:
+            logger.warning("[%s] %s (not in log.txt: %s)", self.run_dir.name, message, e)
 
     def _note_helpers(self) -> None:
         dfk = runner.dfk
@@ -183,7 +331,8 @@ class Execution:
                     if pending:  # cannot happen for a validated plan; never hang if it does
                         raise RuntimeError(f"steps {[n.name for n in pending]} can never start")
                     break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                finished, _ = wait(running, _STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                self._check_stop()
                 for fut in finished:
                     node = running.pop(fut)
                     produced = fut.result()
@@ -232,6 +381,9 @@ class Execution:
         self.log(f"step {node.name} started")
         try:
             produced = self._execute_elements(node, st, params)
+        except RunInterrupted:
+            st.save(self.step_dir(st))  # the counts so far; the step stays unfinished
+            raise
         except Exception as e:  # an engine error in one step must not stop the others
             logger.exception("step %s failed in the engine", node.name)
             st.exit_code = st.exit_code or INFRASTRUCTURE
@@ -245,7 +397,8 @@ class Execution:
         if isinstance(node, Map):
             from ..dataset import write_step_dataset  # xarray loads in the driver only
 
-            write_step_dataset(self.step_dir(st), quiet=True)  # dataset.nc; never raises
+            if not self.stopping.is_set():
+                write_step_dataset(self.step_dir(st), quiet=True)  # dataset.nc; never raises
         if st.state == "skipped":
             verdict = st.message
         else:
@@ -286,6 +439,8 @@ class Execution:
             np.save(step_dir / KEYS_FILE, keys)
         self._reuse(node, st, keys, wanted, log)
         have = present_elements(step_dir, node.outputs, wanted)
+        if len(have):
+            have = self._drop_damaged(step_dir, node.outputs, have, log)
         st.n_done = st.n_reused = len(have)
         todo = np.setdiff1d(wanted, have)
         if len(have) and not st.reused_from:
@@ -338,6 +493,9 @@ class Execution:
         user_tries: Counter[int] = Counter()
         infra_tries: Counter[int] = Counter()
         tries: Counter[int] = Counter()
+        # Elements that were running when their worker died run alone from then on, so an
+        # element that kills its worker costs only itself.
+        suspects: set[int] = set()
         final: dict[int, int] = {}
         messages: dict[int, str] = {}
         first = len(todo)
@@ -354,8 +512,10 @@ class Execution:
                     params,
                     spec,
                     node.retry_on,
+                    node.step.resources.walltime_s,
+                    os.getpid(),
                 )
-                for chunk in chunked(todo, size)
+                for chunk in _isolating(todo, size, suspects)
             ]
             if not tries:  # the first attempt of this execution
                 masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
@@ -374,6 +534,9 @@ class Execution:
             retry = []
             for r in results:
                 n = r.index
+                if r.code == NOT_RUN:  # its task was lost before it started: not a try
+                    retry.append(n)
+                    continue
                 tries[n] += 1
                 final[n] = r.code
                 messages[n] = r.message
@@ -381,6 +544,7 @@ class Execution:
                     continue
                 if r.code == INFRASTRUCTURE:
                     infra_tries[n] += 1
+                    suspects.add(n)
                     again = infra_tries[n] <= INFRA_RETRIES
                 else:
                     user_tries[n] += 1
@@ -388,12 +552,16 @@ class Execution:
                 if again:
                     retry.append(n)
             self._record_attempt(st, attempt, todo, results)
+            not_run = sum(r.code == NOT_RUN for r in results)
             log(
                 f"attempt {attempt}: {sum(r.code == OK for r in results)} succeeded, "
                 f"{sum(r.code in (USER_ERROR, MISSING_OUTPUT) for r in results)} failed, "
                 f"{sum(r.code == INFRASTRUCTURE for r in results)} lost to infrastructure"
+                + (f", {not_run} not started (their task was lost)" if not_run else "")
             )
             for n in retry:  # back to "remaining" until the next attempt says otherwise
+                if n not in final:
+                    continue
                 if final[n] == INFRASTRUCTURE:
                     st.n_infra -= 1
                 else:
@@ -425,6 +593,24 @@ class Execution:
                 "infrastructure": sum(1 for r in results if r.code == INFRASTRUCTURE),
             }
         )
+
+    def _drop_damaged(
+        self, step_dir: Path, outputs: Iterable[str], have: np.ndarray, log: Callable[[str], None]
+    ) -> np.ndarray:
+        """Results already in the store, less damaged files, which are deleted and recomputed."""
+        damaged: set[int] = set()
+        for out in outputs:
+            damaged.update(drop_damaged(step_dir / "return_values" / out, have))
+        if not damaged:
+            return have
+        for n in damaged:  # an element is whole or absent
+            for out in outputs:
+                element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
+        log(
+            f"{len(damaged)} element file(s) were damaged (truncated or overwritten) and are "
+            f"computed again: elements {compress(np.array(sorted(damaged)))}"
+        )
+        return np.setdiff1d(have, np.array(sorted(damaged), dtype=np.int64))
 
     # -- keys and reuse --------------------------------------------------------------------
 
@@ -510,11 +696,14 @@ class Execution:
         """Submit ``tasks``, follow them to the end, and count their elements as they finish."""
         step_dir = self.step_dir(st)
         assert st.executor is not None
-        futures = {runner.submit(st.executor, task): task for task in tasks}
+        futures: dict[Future[list[ElementResult]], TaskSpec] = {}
+        for task in tasks:
+            self._check_stop()
+            futures[runner.submit(st.executor, task)] = task
         self._note_helpers()
         results: list[ElementResult] = []
         last_flush = time.monotonic()
-        for fut in as_completed(futures):
+        for fut in self._as_completed(futures):
             task = futures[fut]
             exc = fut.exception()
             got = fut.result() if exc is None else self._lost(task, st, exc, log)
@@ -525,7 +714,7 @@ class Execution:
                     st.n_done += 1
                 elif r.code == INFRASTRUCTURE:
                     st.n_infra += 1
-                else:
+                elif r.code != NOT_RUN:
                     st.n_failed += 1
             results.extend(got)
             if time.monotonic() - last_flush > _FLUSH_SECONDS:
@@ -534,12 +723,23 @@ class Execution:
                 last_flush = time.monotonic()
         return results
 
+    def _as_completed(self, futures: Iterable[Future[Any]]) -> Iterable[Future[Any]]:
+        """Futures as they finish, like ``as_completed``, but stop when the run is told to."""
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, _STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            self._check_stop()
+            yield from finished
+
     def _lost(
         self, task: TaskSpec, st: StepStatus, exc: BaseException, log: Callable[[str], None]
     ) -> list[ElementResult]:
         """Results for a task that Parsl reports failed: its worker died, or worse.
 
-        Elements that finished before the failure have their files and count as done.
+        Elements that finished before the failure have their files and count as done.  A
+        worker runs its task's elements in order, so the first one without a result was
+        running when the worker died: it is the suspect (402, retried alone), and those
+        after it never started (retried without counting a try).
         """
         cause = _LOST.get(type(exc).__name__, f"task failed in Parsl ({type(exc).__name__})")
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -548,16 +748,24 @@ class Execution:
             cause = "block failed" + (f" (scheduler job(s) {', '.join(jobs)})" if jobs else "")
         step_dir = Path(task.step_dir)
         results = []
+        # Only a lost worker or pool says where the task stopped; any other failure (a
+        # block that cannot start) hit every element alike.
+        in_order = type(exc).__name__ in _LOST
+        suspect_found = False
         for n in task.indices:
+            exc_file = element_path(step_dir / "exception", n)
             if all(element_path(step_dir / "return_values" / o, n).exists() for o in st.outputs):
                 results.append(ElementResult(n, OK))
-            elif element_path(step_dir / "exception", n).exists():
-                results.append(ElementResult(n, USER_ERROR, "raised before the task was lost"))
+            elif exc_file.exists():  # it failed (or hit its walltime) before the task was lost
+                results.append(ElementResult(n, USER_ERROR, read_exception(exc_file)))
+            elif suspect_found:
+                results.append(ElementResult(n, NOT_RUN))
             else:
+                suspect_found = in_order
                 error = InfrastructureError(cause, detail)
-                write_pickle(element_path(step_dir / "exception", n), error)
-                message = f"InfrastructureError: {cause}: {detail}"
-                results.append(ElementResult(n, INFRASTRUCTURE, message))
+                with contextlib.suppress(OSError):  # a full store: the message still counts
+                    write_pickle(exc_file, error)
+                results.append(ElementResult(n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
         log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         return results
 

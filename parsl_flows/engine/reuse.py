@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..status import RunRecord
-from ..store import element_path, present_indices
+from ..store import element_path, is_intact, present_indices
 
 __all__ = [
     "link_file",
@@ -58,7 +58,8 @@ def reusable_elements(
 ) -> list[tuple[int, int]]:
     """``(new index, old index)`` pairs for wanted elements whose key exists in ``origin_dir``.
 
-    Only old elements that have every output are used.
+    Only old elements that have every output, each file whole, are used: a damaged file
+    is computed again rather than copied.
     """
     try:
         old_keys = np.load(origin_dir / KEYS_FILE)
@@ -76,7 +77,9 @@ def reusable_elements(
     pairs = []
     for n in wanted.tolist():
         old = by_key.get(bytes(flat_new[n]))
-        if old is not None:
+        if old is not None and all(
+            is_intact(element_path(origin_dir / "return_values" / out, old)) for out in outputs
+        ):
             pairs.append((n, old))
     return pairs
 

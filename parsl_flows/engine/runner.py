@@ -13,20 +13,42 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from parsl.app.python import PythonApp
 from parsl.dataflow.dflow import DataFlowKernel
+from parsl.executors import HighThroughputExecutor
+from parsl.executors.base import ParslExecutor
 
+from ..lock import parsl_processes, stop_processes
 from ..step import Resources
 from .environment import ExecutionEnvironment
+from .interchange_guard import launch_command
 from .worker import TaskSpec, run_task
 
 __all__ = ["Runner", "runner"]
 
 logger = logging.getLogger(__name__)
+
+
+#: How long a Ctrl-C waits for Parsl to shut down cleanly before its processes are killed.
+STOP_SECONDS = 4.0
+
+
+def _guard(executors: Sequence[ParslExecutor]) -> None:
+    """Make each HTEX interchange leave when this driver dies (see ``interchange_guard``).
+
+    Only executors that use Parsl's default launch command are changed: a user who set
+    ``interchange_launch_cmd`` keeps it.
+    """
+    for ex in executors:
+        if isinstance(ex, HighThroughputExecutor) and list(ex.interchange_launch_cmd) == [
+            "interchange.py"
+        ]:
+            ex.interchange_launch_cmd = launch_command()
 
 
 def _prepare_process_environment() -> None:
@@ -64,10 +86,11 @@ class Runner:
     def executors_for(self, env: ExecutionEnvironment, run_dir: Path) -> list[str]:
         """Start ``env``'s executors (once per process) and return their labels."""
         with self._lock:
-            if env.name in self._labels:
+            if env.name in self._labels and not self._broken(self._labels[env.name]):
                 return self._labels[env.name]
             _prepare_process_environment()
             config = env.config()
+            _guard(config.executors)
             if self._dfk is None:
                 if config.run_dir == "runinfo":  # Parsl's default: keep it out of the cwd
                     config.run_dir = str(run_dir)
@@ -75,15 +98,15 @@ class Runner:
                 self._dfk = DataFlowKernel(config)
                 labels = [e.label for e in config.executors]
             else:
-                taken = set(self._dfk.executors)
-                labels = []
-                for ex in config.executors:
-                    if ex.label in taken:
-                        ex.label = f"{env.name}-{ex.label}"
-                    taken.add(ex.label)
-                    labels.append(ex.label)
+                labels = [self._add(ex, f"{env.name}-{ex.label}") for ex in config.executors]
                 logger.info("adding executors %s for environment %r", labels, env.name)
-                self._dfk.add_executors(config.executors)
+                if env.name in self._labels:
+                    logger.warning(
+                        "executors %s of environment %r could not start blocks; replaced by %s",
+                        self._labels[env.name],
+                        env.name,
+                        labels,
+                    )
             if not self._atexit_registered:
                 atexit.register(self.shutdown)
                 self._atexit_registered = True
@@ -102,14 +125,38 @@ class Runner:
             return default
         with self._lock:
             key = (env.name, resources)
-            if key not in self._class_labels:
+            if key not in self._class_labels or self._broken([self._class_labels[key]]):
                 label = f"{env.name}-{resources.label()}"
                 executor = env.make_executor(resources, label)
-                logger.info("adding executor %s for resources %s", label, resources.as_dict())
-                assert self._dfk is not None
-                self._dfk.add_executors([executor])
+                _guard([executor])
+                label = self._add(executor, label)
+                logger.info("added executor %s for resources %s", label, resources.as_dict())
                 self._class_labels[key] = label
             return self._class_labels[key]
+
+    def _add(self, executor: ParslExecutor, label: str) -> str:
+        """Add ``executor`` to the running kernel under ``label`` (made unique); its label."""
+        assert self._dfk is not None
+        taken = set(self._dfk.executors)
+        if executor.label not in taken:
+            label = executor.label
+        unique, n = label, 1
+        while unique in taken:
+            n += 1
+            unique = f"{label}-{n}"
+        executor.label = unique
+        self._dfk.add_executors([executor])
+        return unique
+
+    def _broken(self, labels: list[str]) -> bool:
+        """Has Parsl taken one of these executors out of service (its blocks cannot start)?
+
+        Parsl never uses an executor in bad state again, so the next submission after the
+        user fixes the cause (a bad ``worker_init``) gets a new one: no restart of the
+        notebook kernel.
+        """
+        executors = {} if self._dfk is None else self._dfk.executors
+        return any(getattr(executors.get(label), "bad_state_is_set", False) for label in labels)
 
     def batch_jobs(self, label: str) -> list[str]:
         """The scheduler job ids of the blocks an executor has started (Slurm job ids)."""
@@ -126,19 +173,35 @@ class Runner:
                 self._apps[label] = app
         return app(task)
 
-    def shutdown(self) -> None:
-        """Stop every executor (called at interpreter exit)."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every executor and every process Parsl started (and at interpreter exit).
+
+        With ``timeout``, Parsl's clean shutdown gets that many seconds; whatever it
+        started that is still alive then (an interchange, a worker pool busy with a hung
+        element) is killed.  A later submission starts a new kernel.
+        """
         with self._lock:
             dfk, self._dfk = self._dfk, None
             self._labels.clear()
             self._class_labels.clear()
             self._apps.clear()
-        if dfk is not None:
-            logger.info("shutting down Parsl")
-            try:
-                dfk.cleanup()
-            except Exception:  # at exit, a failing cleanup must not hide the real outcome
-                logger.exception("Parsl cleanup failed")
+        if dfk is None:
+            return
+        logger.info("shutting down Parsl")
+        leftovers = [p for p in parsl_processes(str(dfk.run_dir)) if p.pid != os.getpid()]
+        cleanup = threading.Thread(target=_cleanup, args=(dfk,), name="parsl-cleanup", daemon=True)
+        cleanup.start()
+        cleanup.join(timeout)
+        if cleanup.is_alive():
+            logger.warning("Parsl did not shut down within %s s; stopping its processes", timeout)
+        stop_processes(leftovers, timeout=1)
+
+
+def _cleanup(dfk: DataFlowKernel) -> None:
+    try:
+        dfk.cleanup()
+    except Exception:  # at exit, a failing cleanup must not hide the real outcome
+        logger.exception("Parsl cleanup failed")
 
 
 runner = Runner()

@@ -11,13 +11,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..lock import RunLock
+from ..lock import RunLock, RunLockedError
 from ..run import Run
 from ..status import FINAL_RUN_STATES, RunRecord, StepStatus
 from ..store import default_store, write_pickle
 from ..workflow import Builder, Map
 from .environment import ExecutionEnvironment
-from .orchestrator import Execution, StepLog
+from .orchestrator import Execution, StepLog, live_executions
 from .pickling import register_for_workers
 
 __all__ = ["resume", "run", "submit"]
@@ -57,6 +57,12 @@ def submit(
         wf.environment.check(wf)  # e.g. no sbatch, no such partition: say so before any work
     inputs: dict[str, Any] = dict(builder.kwargs)
     root = default_store(store)
+    for folder in (root, root / "runs"):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(
+                f"the store {folder} is a file, not a directory; give another store "
+                "(store=..., --store or $PARSL_FLOWS_STORE)"
+            )
     run_dir = root / "runs" / _new_run_id(wf.name)
     run_dir.mkdir(parents=True)
 
@@ -115,7 +121,7 @@ def run(
 def resume(run: Run) -> Run:
     """Carry on ``run`` in this process; see :meth:`Run.resume`."""
     record = run.record
-    if record.status in FINAL_RUN_STATES:
+    if record.status in FINAL_RUN_STATES - {"interrupted"}:
         logger.warning(
             "run %s already ended (%s, exit code %s): nothing to resume",
             record.run_id,
@@ -123,6 +129,11 @@ def resume(run: Run) -> Run:
             record.exit_code,
         )
         return run
+    if any(ex.run_dir == run.path for ex in live_executions()):
+        raise RunLockedError(
+            f"run {record.run_id} is already being driven by this process (pid {os.getpid()}); "
+            "wait for it (run.wait()) or stop it (run.interrupt()), then resume"
+        )
     log = StepLog(run.path / "log.txt")
     lock = RunLock(run.path)
     lock.acquire(log)  # refuses while the old driver lives; stops its orphans otherwise

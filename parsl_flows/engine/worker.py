@@ -12,7 +12,10 @@ This module is imported on workers: it must stay light and importable everywhere
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -25,12 +28,24 @@ import numpy as np
 from ..mapspec import MapSpec
 from ..store import FileBasedObjectArray, element_path, load_pickle, write_pickle
 
-__all__ = ["OK", "USER_ERROR", "MISSING_OUTPUT", "ElementResult", "Source", "TaskSpec", "run_task"]
+__all__ = [
+    "INFRASTRUCTURE",
+    "MISSING_OUTPUT",
+    "NOT_RUN",
+    "OK",
+    "USER_ERROR",
+    "ElementResult",
+    "Source",
+    "TaskSpec",
+    "run_task",
+]
 
 OK = 0
 USER_ERROR = 401
 INFRASTRUCTURE = 402
 MISSING_OUTPUT = 403
+#: Not an exit code: the element's task was lost before the element started.
+NOT_RUN = -1
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,8 @@ class TaskSpec:
     sources: dict[str, Source]
     mapspec: str | None = None
     retry_on: tuple[type[BaseException], ...] | None = None  # None: every error may be retried
+    walltime_s: int | None = None  # the step's walltime, for each element
+    driver_pid: int = 0  # a worker in this process is the driver's own thread (thread pool)
 
 
 @dataclass(frozen=True)
@@ -136,15 +153,113 @@ class UnpicklableError(Exception):
     def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
+        self.message = message
         self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (UnpicklableError, (self.type_name, self.message, self.remote_traceback))
+
+
+class _WalltimeExceeded(TimeoutError):
+    """Raised into an element's code when it runs past the step's walltime."""
+
+
+def _grace(walltime_s: float) -> float:
+    """How long an element may ignore its TimeoutError before its worker is ended."""
+    return min(60.0, 3.0 + 0.1 * walltime_s)
+
+
+_ACTIVE: list[_Deadline] = []  # the deadline of the element running in the main thread
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _ACTIVE and not _ACTIVE[-1].finished:
+        raise _WalltimeExceeded(_ACTIVE[-1].message)
+
+
+class _Deadline:
+    """Stop one element at its walltime, whatever thread runs it.
+
+    In a worker process's main thread (HTEX), SIGALRM raises the TimeoutError, which
+    also interrupts ``sleep`` and blocking I/O; an element that swallows it or is stuck in
+    C code past a grace period gets its exception file written and its worker process
+    ended, and Parsl replaces the worker.  In another thread (the thread pool, in the
+    driver) the error is raised asynchronously, at the element's next Python bytecode.
+    """
+
+    def __init__(self, seconds: float, message: str, hard_stop: Callable[[], None] | None):
+        self.seconds = seconds
+        self.message = message
+        self.hard_stop = hard_stop
+        self.finished = False
+        self.fired = False
+        self._lock = threading.Lock()
+        self._main = threading.current_thread() is threading.main_thread()
+        self._ident = threading.get_ident()
+        delay = seconds + _grace(seconds) if self._main else seconds
+        self._timer = threading.Timer(delay, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        if self._main:
+            if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+                signal.signal(signal.SIGALRM, _on_alarm)
+            _ACTIVE.append(self)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.finished = True
+            self._timer.cancel()
+            if self._main:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                _ACTIVE.remove(self)
+            elif self.fired:  # raised too late to land inside the element: withdraw it
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._ident), None)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.fired = True
+            if not self._main:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._ident), ctypes.py_object(_WalltimeExceeded)
+                )
+            elif self.hard_stop is not None:
+                self.hard_stop()
+
+
+def _walltime_message(step: Any, n: int, task: TaskSpec) -> str:
+    from ..step import format_walltime
+
+    seconds = task.walltime_s or 0
+    where = f"element {n}" if task.mapspec else "the call"
+    return (
+        f"{where} of step {getattr(step, 'name', '?')!r} ran past its walltime of "
+        f"{format_walltime(seconds)} ({seconds} s, resources={{'walltime': ...}}) and was stopped"
+    )
+
+
+def _end_worker(exc_file: Path, message: str) -> Callable[[], None]:
+    """What to do when an element ignores its TimeoutError: record it, end this worker."""
+
+    def end() -> None:
+        with contextlib.suppress(BaseException):
+            write_pickle(
+                exc_file,
+                TimeoutError(f"{message}; it did not stop when asked, so its worker was ended"),
+            )
+        os._exit(70)  # Parsl sees a lost worker, starts a new one, and the task fails over
+
+    return end
 
 
 def run_task(task: TaskSpec) -> list[ElementResult]:
     """Run ``task``'s elements one after the other; never raises for user errors."""
-    from ..step import MissingOutputError
-
     step = _cached_load(task.step_file)
-    step_dir = Path(task.step_dir)
     spec = MapSpec.from_string(task.mapspec) if task.mapspec else None
     mapped = set(spec.input_names) if spec else set()
     broadcast = {name: _whole(src) for name, src in task.sources.items() if name not in mapped}
@@ -153,25 +268,71 @@ def run_task(task: TaskSpec) -> list[ElementResult]:
     results = []
     for n in task.indices:
         start = time.perf_counter()
-        exc_file = element_path(step_dir / "exception", n)
-        try:
-            kwargs = dict(broadcast)
-            if spec is not None:
-                key = MapSpec.output_key(n, task.shape)
-                for name, in_key in spec.input_keys(key).items():
-                    kwargs[name] = _element_of(task.sources[name], in_key, spec.input(name).rank)
-            outputs = step.output_values(step.callable(**kwargs))
-            for out, value in outputs.items():
-                write_pickle(element_path(step_dir / "return_values" / out, n), value)
-            exc_file.unlink(missing_ok=True)
-            code, message, retryable = OK, "", True
-        except Exception as e:
-            code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
-            message = _describe(e)
-            for out in step.returns:  # an element is whole or absent, never half-written
-                element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
-            write_pickle(exc_file, _storable(e))
-            retryable = task.retry_on is None or isinstance(e, task.retry_on)
+        code, message, retryable = _run_element(task, step, spec, broadcast, n)
         seconds = time.perf_counter() - start
         results.append(ElementResult(n, code, message, seconds, host, retryable, batch_job))
     return results
+
+
+def _run_element(
+    task: TaskSpec, step: Any, spec: MapSpec | None, broadcast: dict[str, Any], n: int
+) -> tuple[int, str, bool]:
+    """Compute element ``n`` and store its outputs or its exception: (code, message, retryable).
+
+    Anything the element raises, ``SystemExit`` and ``KeyboardInterrupt`` included, fails
+    that element alone.  A store that cannot take the result (full, read-only) is an
+    infrastructure failure (402), and no half-written file is left behind.
+    """
+    from ..step import MissingOutputError
+
+    step_dir = Path(task.step_dir)
+    exc_file = element_path(step_dir / "exception", n)
+    try:
+        kwargs = dict(broadcast)
+        if spec is not None:
+            key = MapSpec.output_key(n, task.shape)
+            for name, in_key in spec.input_keys(key).items():
+                kwargs[name] = _element_of(task.sources[name], in_key, spec.input(name).rank)
+        if task.walltime_s:
+            message = _walltime_message(step, n, task)
+            in_worker = os.getpid() != task.driver_pid
+            hard_stop = _end_worker(exc_file, message) if in_worker else None
+            with _Deadline(task.walltime_s, message, hard_stop):
+                returned = step.callable(**kwargs)
+        else:
+            returned = step.callable(**kwargs)
+        outputs = step.output_values(returned)
+    except BaseException as raised:  # SystemExit, KeyboardInterrupt: the element's, not ours
+        e = raised
+        if isinstance(e, _WalltimeExceeded):
+            e = TimeoutError(_walltime_message(step, n, task))
+        code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
+        retryable = task.retry_on is None or isinstance(e, task.retry_on)
+        return code, _store_failure(step, step_dir, n, e), retryable
+    try:
+        for out, value in outputs.items():
+            write_pickle(element_path(step_dir / "return_values" / out, n), value)
+        exc_file.unlink(missing_ok=True)
+    except OSError as e:  # the store is full or read-only
+        full = OSError(e.errno, f"cannot write element {n}'s result to the store: {e}")
+        return INFRASTRUCTURE, _store_failure(step, step_dir, n, full), True
+    except Exception as e:  # the value cannot be pickled
+        unpicklable = TypeError(
+            f"step {getattr(step, 'name', '?')!r}: output {out!r} ({type(value).__name__}) "
+            f"cannot be pickled, so it cannot be stored: {type(e).__name__}: {e}. Return plain "
+            "data (numbers, arrays, dataclasses), not open files, locks or generators"
+        )
+        return USER_ERROR, _store_failure(step, step_dir, n, unpicklable), True
+    return OK, "", True
+
+
+def _store_failure(step: Any, step_dir: Path, n: int, e: BaseException) -> str:
+    """Remove element ``n``'s outputs, keep ``e`` as its exception; the message for the driver."""
+    message = _describe(e)
+    try:
+        for out in step.returns:  # an element is whole or absent, never half-written
+            element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
+        write_pickle(element_path(step_dir / "exception", n), _storable(e))
+    except OSError as store_error:
+        message += f" (and its exception could not be stored: {store_error})"
+    return message[:500]

@@ -1,0 +1,475 @@
+"""The fault table (docs/failure-modes.md), each fault injected for real.
+
+Real signals to real driver processes, workers that really die, element files really
+truncated, a store on a filesystem that really fills up or turns read-only.  Everything
+runs on the real local HighThroughputExecutor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import parsl_flows as flows
+from parsl_flows import step
+from parsl_flows.engine.runner import STOP_SECONDS
+from parsl_flows.errors import InfrastructureError
+from parsl_flows.store import DamagedFileError, element_path, load_pickle
+from parsl_flows.workflow import map_, new_workflow
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def n_files(folder: Path) -> int:
+    try:
+        return sum(1 for name in os.listdir(folder) if name.endswith(".pickle"))
+    except FileNotFoundError:
+        return 0
+
+
+def leftover_temporaries(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*.tmp")]
+
+
+# -- a driver in its own process, as a user's script -----------------------------------------
+
+DRIVER = """\
+import sys, time
+import numpy as np
+import parsl_flows as flows
+from parsl_flows.workflow import build, map_, new_workflow
+
+@flows.step(returns="y")
+def slow(x):
+    time.sleep({delay})
+    return 2 * x
+
+flow = new_workflow("faults").then(map_(slow, "x[i] -> y[i]"))
+
+if __name__ == "__main__":
+    env = flows.engine.execution_environment(None, "localhost")
+    run = flows.submit(build(flow.on(env), x=np.arange({n})), store={store!r})
+    print("RUN", run.path, flush=True)
+    run.wait()
+    print("ENDED", run.status, flush=True)
+"""
+
+
+class Driver:
+    """A script that submits a slow map and waits for it, in a process of its own."""
+
+    def __init__(self, tmp_path: Path, n: int, delay: float) -> None:
+        self.store = tmp_path / "store"
+        script = tmp_path / f"driver_{uuid.uuid4().hex[:6]}.py"
+        script.write_text(DRIVER.format(n=n, delay=delay, store=str(self.store)))
+        self.out = tmp_path / "driver.out"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            stdout=open(self.out, "w"),  # noqa: SIM115 (the child owns it)
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def run(self) -> flows.Run:
+        runs = self.store / "runs"
+        wait_for(
+            lambda: runs.is_dir() and any((r / "run.json").exists() for r in runs.iterdir()),
+            "the run to be created",
+        )
+        return flows.load_run(next(runs.iterdir()))
+
+    def results(self) -> Path:
+        return self.run.path / "steps" / "00-slow" / "return_values" / "y"
+
+    def wait_for_results(self, n: int) -> None:
+        folder = self.results()
+        wait_for(lambda: n_files(folder) >= n, f"{n} elements to finish")
+
+    def parsl_processes(self) -> list[psutil.Process]:
+        """The driver's descendants and the worker pools that name its store (detached)."""
+        procs: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.Error):
+            procs.update({p.pid: p for p in psutil.Process(self.proc.pid).children(recursive=True)})
+        for p in psutil.process_iter(["cmdline"]):
+            if str(self.store) in " ".join(p.info["cmdline"] or []):
+                procs.setdefault(p.pid, p)
+                with contextlib.suppress(psutil.Error):
+                    for c in p.children(recursive=True):
+                        procs.setdefault(c.pid, c)
+        return list(procs.values())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for p in self.parsl_processes():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[Callable[..., Driver]]:
+    made: list[Driver] = []
+
+    def make(n: int = 400, delay: float = 0.05) -> Driver:
+        made.append(Driver(tmp_path, n, delay))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.stop()
+
+
+def gone_within(procs: list[psutil.Process], seconds: float) -> float:
+    """Seconds until every process in ``procs`` has exited; fails after ``seconds``."""
+    start = time.monotonic()
+    _, alive = psutil.wait_procs(procs, timeout=seconds)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    return time.monotonic() - start
+
+
+def test_nothing_outlives_a_sigkilled_driver(driver) -> None:
+    d = driver()
+    d.wait_for_results(5)
+    helpers = d.parsl_processes()
+    assert any("process_worker_pool" in " ".join(p.cmdline()) for p in helpers), helpers
+    assert any("interchange" in " ".join(p.cmdline()) for p in helpers), helpers
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait()
+    took = gone_within(helpers, 30)
+    print(f"the killed driver's {len(helpers)} Parsl processes were gone {took:.1f} s later")
+    assert d.run.status == "interrupted"
+
+
+def test_ctrl_c_on_a_script_stops_the_run_and_resume_carries_it_on(driver) -> None:
+    d = driver(n=300)
+    d.wait_for_results(5)
+    helpers = d.parsl_processes()
+    d.proc.send_signal(signal.SIGINT)
+    d.proc.wait(timeout=10)  # the issue's bound: the process exits within 10 s
+    output = d.out.read_text()
+    assert "KeyboardInterrupt" in output and "ENDED" not in output, output
+    gone_within(helpers, 5)
+    run = d.run
+    assert run.status == "interrupted"
+    assert "Ctrl-C" in run.record.message
+    assert "resume() carries it on" in run.log()
+    done_before = n_files(d.results())
+    assert 0 < done_before < 300
+
+    resumed = run.resume().wait(300)
+    assert resumed.status == "finished" and resumed.exit_code == 0, resumed.log()
+    y = resumed.step("slow").outputs.return_values.y.to_array()
+    assert y.tolist() == [2 * x for x in range(300)]
+    assert resumed.step("slow").record.n_reused >= done_before
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    """The first Ctrl-C's clean stop hangs (a frozen interchange); the second one leaves."""
+    (tmp_path / "flows.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            import parsl_flows as flows
+            from parsl_flows.workflow import map_, new_workflow
+
+            @flows.step(returns="y")
+            def slow(x):
+                time.sleep(0.05)
+                return x
+
+            flow = new_workflow("twice").then(map_(slow, "x[i] -> y[i]"))
+            """
+        )
+    )
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parsl_flows", "run", "flows.py:flow",
+         "--set", 'x={"arange": [2000]}', "--store", str(tmp_path / "store")],
+        cwd=tmp_path, stdout=out, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        runs = tmp_path / "store" / "runs"
+        wait_for(lambda: runs.is_dir() and any(runs.iterdir()), "the run to be created")
+        folder = next(runs.iterdir()) / "steps" / "00-slow" / "return_values" / "y"
+        wait_for(lambda: n_files(folder) >= 3, "some elements to finish")
+        helpers = psutil.Process(proc.pid).children(recursive=True)
+        for p in helpers:
+            if "interchange" in " ".join(p.cmdline()):
+                p.suspend()  # Parsl's clean shutdown now waits for it
+        proc.send_signal(signal.SIGINT)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "interrupted: stopping run" in line:
+                break
+        proc.send_signal(signal.SIGINT)  # while the first one is being handled
+        proc.wait(timeout=STOP_SECONDS)
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "carry on" not in rest  # it left at once, without its closing report
+    gone_within(helpers, 30)
+
+
+# -- walltime per call -------------------------------------------------------------------------
+
+
+@step(returns="y", resources={"walltime": "00:00:02"})
+def hangs_at_two(x: int) -> int:
+    if x == 2:
+        time.sleep(600)
+    return 10 * x
+
+
+@step(returns="y", resources={"walltime": "00:00:02"})
+def ignores_its_timeout_at_two(x: int) -> int:
+    if x == 2:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:  # noqa: SIM105 (spelled out: a step that swallows every error)
+                time.sleep(600)
+            except TimeoutError:
+                pass
+    return 10 * x
+
+
+@pytest.mark.parametrize("func", [hangs_at_two, ignores_its_timeout_at_two])
+def test_walltime_stops_one_hung_element_and_the_others_go_on(local_env, store, func) -> None:
+    flow = new_workflow("walltime").then(map_(func, "x[i] -> y[i]", chunksize=5))
+    r = flows.submit(flows.workflow.build(flow.on(local_env), x=list(range(5))), store=store)
+    r.wait(120)
+    s = r.called[0]
+    assert s.exit_code == 401, flows.report.log(s)
+    y = s.outputs.return_values.y
+    assert y.mask.tolist() == [False, False, True, False, False]
+    assert y.to_array().compressed().tolist() == [0, 10, 30, 40]
+    exc = s.outputs.exception[2]
+    assert type(exc) is TimeoutError
+    assert "walltime of 00:00:02" in str(exc) and "element 2" in str(exc)
+    if func is ignores_its_timeout_at_two:
+        assert "its worker was ended" in str(exc)
+    assert s.record.element_codes == {"401": "2"}
+
+
+@step(returns="y", resources={"walltime": "00:00:01"})
+def spins(x: int) -> int:
+    while x == 1:  # pure Python: only an asynchronous exception can stop it in a thread
+        pass
+    return x
+
+
+def test_walltime_holds_on_the_thread_pool_too(thread_env, store) -> None:
+    flow = new_workflow("spin").then(map_(spins, "x[i] -> y[i]", chunksize=3))
+    r = flows.submit(flows.workflow.build(flow.on(thread_env), x=[0, 1, 2]), store=store)
+    r.wait(60)
+    s = r.called[0]
+    assert s.outputs.return_values.y.mask.tolist() == [False, True, False]
+    assert isinstance(s.outputs.exception[1], TimeoutError)
+
+
+@step(returns="y", resources={"walltime": "00:00:01"})
+def sleepy_call(x: int) -> int:
+    time.sleep(60)
+    return x
+
+
+def test_walltime_holds_for_a_plain_call(local_env, store) -> None:
+    r = flows.submit(
+        flows.workflow.build(new_workflow("call").then(sleepy_call).on(local_env), x=1),
+        store=store,
+    ).wait(60)
+    s = r.called[0]
+    assert s.exit_code == 401
+    exc = s.outputs.exception.fetch_value()
+    assert isinstance(exc, TimeoutError) and "the call of step 'sleepy_call'" in str(exc)
+
+
+# -- a dying worker costs one element ----------------------------------------------------------
+
+
+@step(returns="y")
+def kills_its_worker_at_seven(x: int, calls: str) -> int:
+    Path(calls, f"{x}-{uuid.uuid4().hex}").touch()
+    if x == 7:
+        os._exit(1)  # as a segfault or an OOM kill
+    return 10 * x
+
+
+def test_a_dying_worker_costs_only_the_element_that_killed_it(local_env, store, tmp_path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    flow = new_workflow("dies").then(map_(kills_its_worker_at_seven, "x[i] -> y[i]", chunksize=10))
+    r = flows.submit(
+        flows.workflow.build(flow.on(local_env), x=list(range(10)), calls=str(calls)),
+        store=store,
+    ).wait(180)
+    s = r.called[0]
+    y = s.outputs.return_values.y
+    assert y.mask.tolist() == [x == 7 for x in range(10)], flows.report.log(s)
+    assert y.to_array().compressed().tolist() == [10 * x for x in range(10) if x != 7]
+    exc = s.outputs.exception[7]
+    assert isinstance(exc, InfrastructureError) and exc.cause.startswith("worker lost")
+    assert s.record.element_codes == {"402": "7"}
+    counts = {x: 0 for x in range(10)}
+    for f in calls.iterdir():
+        counts[int(f.name.split("-")[0])] += 1
+    # Elements that finished before the loss ran once; 8 and 9 (never started) ran once
+    # when resubmitted; 7 ran alone on each infrastructure retry.
+    assert {x: c for x, c in counts.items() if x != 7} == {x: 1 for x in range(10) if x != 7}
+    assert counts[7] == 1 + flows.engine.orchestrator.INFRA_RETRIES
+
+
+# -- damaged element files ---------------------------------------------------------------------
+
+
+@step(returns="y")
+def double(x: int) -> int:
+    time.sleep(0.02)
+    return 2 * x
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_element_file_is_named_when_read(local_env, store) -> None:
+    flow = new_workflow("t").then(map_(double, "x[i] -> y[i]"))
+    r = flows.run(flows.workflow.build(flow.on(local_env), x=list(range(6))), store=store)
+    y = r.step("double").outputs.return_values.y
+    truncate(element_path(y.folder, 3))
+    with pytest.raises(DamagedFileError, match=r"element 3 of .*y \(file .*__3__\.pickle\)"):
+        y[3]
+    with pytest.raises(DamagedFileError, match="resume"):
+        y.to_array()
+    (y.folder / "__4__.pickle").write_bytes(b"")
+    with pytest.raises(DamagedFileError, match="element 4"):
+        load_pickle(element_path(y.folder, 4))
+
+
+def test_restart_recomputes_a_damaged_element_instead_of_reusing_it(local_env, store) -> None:
+    flow = new_workflow("t").then(map_(double, "x[i] -> y[i]"))
+    first = flows.run(flows.workflow.build(flow.on(local_env), x=list(range(6))), store=store)
+    truncate(element_path(first.step("double").outputs.return_values.y.folder, 2))
+    again = flows.submit(first.get_builder_restart(), store=store).wait(120)
+    s = again.step("double")
+    assert s.record.n_reused == 5
+    assert s.outputs.return_values.y.to_array().tolist() == [0, 2, 4, 6, 8, 10]
+
+
+def test_interrupt_then_resume_in_the_same_process_recomputes_damaged_files(
+    local_env, store
+) -> None:
+    flow = new_workflow("t").then(map_(double, "x[i] -> y[i]", chunksize=1))
+    r = flows.submit(flows.workflow.build(flow.on(local_env), x=list(range(200))), store=store)
+    folder = r.path / "steps" / "00-double" / "return_values" / "y"
+    wait_for(lambda: n_files(folder) >= 10, "some elements to finish")
+    r.interrupt()  # what Ctrl-C in a notebook cell does
+    assert r.status == "interrupted"
+    done = sorted(int(p.name.strip("_.pickle")) for p in folder.glob("__*__.pickle"))
+    assert 10 <= len(done) < 200
+    truncate(element_path(folder, done[0]))
+    resumed = r.resume().wait(300)  # same process: Parsl starts again
+    assert resumed.exit_code == 0, resumed.log()
+    s = resumed.step("double")
+    assert s.outputs.return_values.y.to_array().tolist() == [2 * x for x in range(200)]
+    assert "damaged" in s.log()
+
+
+# -- the store's filesystem fills up or turns read-only -----------------------------------------
+
+
+def _can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount tmpfs filesystems of a given size (root only)."""
+    if not _can_mount():
+        pytest.skip("mounting a filesystem needs root")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@step(returns="blob")
+def big(x: int) -> bytes:
+    return bytes([x % 256]) * 150_000
+
+
+def assert_every_file_reads(store: Path) -> int:
+    n = 0
+    for path in store.rglob("__*__.pickle"):
+        load_pickle(path)  # a DamagedFileError here would be a half-written file
+        n += 1
+    return n
+
+
+def test_a_store_that_fills_up_mid_run_keeps_every_file_whole(local_env, small_fs) -> None:
+    store = small_fs("2m")
+    flow = new_workflow("full").then(map_(big, "x[i] -> blob[i]", chunksize=1))
+    r = flows.submit(flows.workflow.build(flow.on(local_env), x=list(range(40))), store=store)
+    r.wait(180)
+    assert r.status == "failed"
+    written = assert_every_file_reads(store)
+    assert 0 < written < 40
+    assert not leftover_temporaries(store)
+    log = r.step("big").log() + r.log()
+    assert "No space left on device" in log or "No space left" in str(r.record.message), log
+
+
+def test_a_store_that_turns_read_only_mid_run_keeps_every_file_whole(local_env, small_fs) -> None:
+    store = small_fs("64m")
+    flow = new_workflow("ro").then(map_(double, "x[i] -> y[i]", chunksize=1))
+    r = flows.submit(flows.workflow.build(flow.on(local_env), x=list(range(400))), store=store)
+    folder = r.path / "steps" / "00-double" / "return_values" / "y"
+    wait_for(lambda: n_files(folder) >= 5, "some elements to finish")
+    subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+    try:
+        r.wait(180)
+        assert r.status == "failed"
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(store)], check=True)
+    written = assert_every_file_reads(store)
+    assert 5 <= written < 400
+    assert not leftover_temporaries(store)
