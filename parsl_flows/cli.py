@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from . import report
 from .cli_inputs import UsageError, load_inputs, load_plan, parse_set
 from .cli_progress import follow, summary
+from .engine.cleanup import cleanup
 from .engine.environment import ExecutionEnvironment, execution_environment, from_file
 from .engine.submit import submit
 from .run import Run, StepRun, load_run
@@ -181,6 +182,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--running", action="store_true", help="only runs that are still going")
     p.add_argument("--since", metavar="AGE", help="only runs started this long ago: 2d, 12h, 30m")
     p.set_defaults(handler=cmd_list)
+
+    p = command(
+        "cleanup",
+        "stop what dead drivers left running: Parsl processes, Slurm blocks, stale locks",
+        """
+        python -m parsl_flows cleanup
+        python -m parsl_flows cleanup --store /scratch/me/parsl-flows-store
+
+        Needed only when a driver died where nothing could follow it (a rebooted login
+        node); runs stay resumable.
+        """,
+    )
+    p.set_defaults(handler=cmd_cleanup)
 
     p = command(
         "resume",
@@ -608,6 +622,19 @@ def describe(flow: Workflow) -> str:
     returns = [e if e == o else f"{e} (= {o})" for e, o in flow.returned_outputs]
     lines.append(f"returns: {', '.join(returns)}")
     return "\n".join(lines)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    store = default_store(args.store)
+    cleaned = cleanup(store)
+    if not cleaned:
+        print(f"nothing to clean up in {store}: no run there has a dead driver")
+        return 0
+    for found in cleaned:
+        print(f"run {found.run_id}:")
+        for action in found.actions:
+            print(f"  {action}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -48,13 +48,18 @@ def _alive(pid: int, create_time: float | None) -> bool:
 class RunLock:
     """The lock of one run directory, held by this process while it drives the run."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(
+        self, run_dir: Path, cancel_jobs: Callable[[list[str]], list[str]] | None = None
+    ) -> None:
+        """``cancel_jobs`` cancels a dead driver's batch jobs (Slurm blocks) on take-over."""
         self.path = run_dir / LOCK_NAME
         self.run_id = run_dir.name
         self.pid = os.getpid()
         self.host = socket.gethostname()
+        self.cancel_jobs = cancel_jobs
         self._helpers: list[list[float]] = []
         self._parsl_run_dir: str | None = None
+        self._batch_jobs: list[str] = []
 
     def _record(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,7 @@ class RunLock:
             "since": time.time(),
             "helpers": self._helpers,
             "parsl_run_dir": self._parsl_run_dir,
+            "batch_jobs": self._batch_jobs,
         }
 
     def read(self) -> dict[str, Any] | None:
@@ -102,8 +108,17 @@ class RunLock:
                 f"{since}); wait for it to end or stop that process, then resume"
             )
         log(f"taking over the stale lock of driver pid {pid} on {host} (that process is gone)")
-        self._stop_orphans(owner.get("helpers") or [], owner.get("parsl_run_dir"), log)
+        self.stop_leftovers(owner, log)
         write_json(self.path, self._record())
+
+    def stop_leftovers(self, owner: dict[str, Any], log: Callable[[str], None]) -> None:
+        """Stop what a dead driver (its lock record ``owner``) left: processes, batch jobs."""
+        self._stop_orphans(owner.get("helpers") or [], owner.get("parsl_run_dir"), log)
+        jobs = [str(j) for j in owner.get("batch_jobs") or []]
+        if jobs and self.cancel_jobs is not None:
+            cancelled = self.cancel_jobs(jobs)
+            if cancelled:
+                log(f"cancelled the dead driver's batch job(s) {', '.join(cancelled)}")
 
     @staticmethod
     def _stop_orphans(
@@ -116,15 +131,21 @@ class RunLock:
         log(f"stopping {len(procs)} Parsl process(es) the dead driver left running")
         stop_processes(procs, timeout=5)
 
-    def note_helpers(self, parsl_run_dir: str | None) -> None:
-        """Record the Parsl processes this driver started (so a successor can stop them)."""
+    def note_helpers(self, parsl_run_dir: str | None, batch_jobs: list[str] | None = None) -> None:
+        """Record the Parsl processes and batch jobs this driver started, for a successor."""
         found = []
         for p in _parsl_children(psutil.Process(self.pid)):
             with contextlib.suppress(psutil.Error):
                 found.append([p.pid, p.create_time()])
-        if sorted(found) != sorted(self._helpers) or parsl_run_dir != self._parsl_run_dir:
+        jobs = sorted(set(self._batch_jobs) | set(batch_jobs or []))
+        if (
+            sorted(found) != sorted(self._helpers)
+            or parsl_run_dir != self._parsl_run_dir
+            or jobs != self._batch_jobs
+        ):
             self._helpers = found
             self._parsl_run_dir = parsl_run_dir
+            self._batch_jobs = jobs
             write_json(self.path, self._record())
 
     def release(self) -> None:

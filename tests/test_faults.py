@@ -473,3 +473,96 @@ def test_a_store_that_turns_read_only_mid_run_keeps_every_file_whole(local_env, 
     written = assert_every_file_reads(store)
     assert 5 <= written < 400
     assert not leftover_temporaries(store)
+
+
+# -- a notebook kernel ---------------------------------------------------------------------------
+
+
+NOTEBOOK_SETUP = """
+import time
+import numpy as np
+import parsl_flows as flows
+from parsl_flows.workflow import build, map_, new_workflow
+
+@flows.step(returns="y")
+def slow(x):
+    time.sleep(0.05)
+    return 2 * x
+
+flow = new_workflow("nb").then(map_(slow, "x[i] -> y[i]"))
+env = flows.engine.execution_environment(None, "localhost")
+X = np.arange(400)
+"""
+
+
+def test_ctrl_c_in_a_notebook_cell_stops_the_run_and_the_kernel_carries_on(tmp_path) -> None:
+    manager = pytest.importorskip("jupyter_client.manager")
+    km, kc = manager.start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    store = tmp_path / "store"
+
+    def cell(code: str) -> tuple[str, str]:
+        printed: list[str] = []
+
+        def hook(msg: dict) -> None:
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"]["text"])
+
+        reply = kc.execute_interactive(code, timeout=300, output_hook=hook)
+        return reply["content"]["status"], "".join(printed)
+
+    try:
+        assert cell(NOTEBOOK_SETUP)[0] == "ok"
+        kc.execute(
+            f"run = flows.submit(build(flow.on(env), x=X), store={str(store)!r})\nrun.wait()"
+        )
+        wait_for(lambda: (store / "runs").is_dir(), "the run to be created")
+        run_dir = next((store / "runs").iterdir())
+        folder = run_dir / "steps" / "00-slow" / "return_values" / "y"
+        wait_for(lambda: n_files(folder) >= 5, "some elements to finish")
+        km.interrupt_kernel()  # the notebook's stop button: SIGINT to the kernel
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        status, printed = cell(
+            "print(run.status, len(flows.engine.orchestrator.live_executions()))"
+        )
+        assert (status, printed.split()) == ("ok", ["interrupted", "0"])
+        # No kernel restart: the same kernel resumes the run on a new Parsl.
+        status, printed = cell(
+            "again = run.resume().wait(300)\nprint(again.status, again.exit_code)"
+        )
+        assert (status, printed.split()) == ("ok", ["finished", "0"]), printed
+        status, printed = cell("print((again.step('slow').output('y').to_array() == 2 * X).all())")
+        assert printed.strip() == "True"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_cleanup_stops_what_a_dead_driver_left_when_nothing_could_follow_it(driver) -> None:
+    d = driver()
+    d.wait_for_results(5)
+    helpers = d.parsl_processes()
+    interchange = next(p for p in helpers if "interchange" in " ".join(p.cmdline()))
+    interchange.suspend()  # frozen: it cannot notice that its driver dies
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait()
+    result = subprocess.run(
+        [sys.executable, "-m", "parsl_flows", "cleanup", "--store", str(d.store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"run {d.run.id}:" in result.stdout
+    assert "Parsl process(es) the dead driver left running" in result.stdout
+    assert "removed the stale lock" in result.stdout
+    gone_within([interchange], 10)
+    assert d.run.status == "interrupted"
+    again = subprocess.run(
+        [sys.executable, "-m", "parsl_flows", "cleanup", "--store", str(d.store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "nothing to clean up" in again.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,6 +139,16 @@ def test_a_block_that_cannot_start_is_reported_and_does_not_hang(
     after = run(new_workflow("after").then(seed.make_geometry), cluster_env, tmp_path / "ok",
                 x=1.0, y=2.0)  # fmt: skip
     assert after.exit_code == 0, flows.report.log(after)
+    # The user fixes the computer and submits again from the same process (a notebook
+    # without a kernel restart): Parsl never uses the broken executor again, so a new one
+    # takes its place.
+    computers.write_text(computers.read_text().replace("exit 3", "true"))
+    fixed_env = flows.engine.execution_environment(None, "badcluster")
+    assert fixed_env.name == env.name
+    fixed = run(new_workflow("fixed").then(seed.make_geometry), fixed_env, tmp_path / "fixed",
+                x=1.0, y=2.0)  # fmt: skip
+    assert fixed.exit_code == 0, flows.report.log(fixed)
+    assert fixed.called[0].record.executor != s.record.executor
 
 
 @step(returns="y")
@@ -171,3 +182,57 @@ def test_a_block_lost_mid_run_is_replaced_and_its_elements_rerun(cluster_env, tm
     assert "worker pool lost" in flows.report.log(s)
     assert len(s.attempts) == 2 and s.attempts[0]["infrastructure"] >= 1  # max_restarts=1
     assert job not in s.record.batch_jobs[-1:]  # the rerun ran in a new block
+
+
+DRIVER = """
+import sys, time
+import parsl_flows as flows
+from parsl_flows.workflow import build, map_, new_workflow
+
+@flows.step(returns="y")
+def slow(x):
+    time.sleep(0.2)
+    return x
+
+if __name__ == "__main__":
+    env = flows.engine.execution_environment(None, "localcluster", queue=("debug", 2))
+    flow = new_workflow("killed").then(map_(slow, "x[i] -> y[i]"))
+    run = flows.submit(build(flow.on(env), x=list(range(2000))), store=sys.argv[1])
+    run.wait()
+"""
+
+
+def _jobs() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_blocks_of_a_sigkilled_driver_end_by_themselves(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    store = tmp_path / "store"
+    before = _jobs()
+    proc = subprocess.Popen([sys.executable, str(script), str(store)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        folder = None
+        while folder is None or len(list(folder.glob("__*__.pickle"))) < 3:
+            assert time.monotonic() < deadline, "no element finished on Slurm"
+            time.sleep(0.5)
+            found = list(store.glob("runs/*/steps/00-slow/return_values/y"))
+            folder = found[0] if found else None
+        blocks = _jobs() - before
+        assert blocks, "the run has no Slurm job"
+        proc.kill()  # SIGKILL: the driver cannot cancel its blocks
+        proc.wait()
+        killed = time.monotonic()
+        while blocks & _jobs():
+            assert time.monotonic() - killed < 120, f"blocks {blocks & _jobs()} outlived 2 min"
+            time.sleep(1)
+        print(f"the dead driver's Slurm blocks ended {time.monotonic() - killed:.0f} s after it")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        left = blocks & _jobs() if "blocks" in locals() else set()
+        if left:
+            subprocess.run(["scancel", *left], check=False)

@@ -292,7 +292,11 @@ class Execution:
 
     def _note_helpers(self) -> None:
         dfk = runner.dfk
-        self.lock.note_helpers(None if dfk is None else str(dfk.run_dir))
+        parsl_run_dir = None if dfk is None else str(dfk.run_dir)
+        try:
+            self.lock.note_helpers(parsl_run_dir, runner.all_batch_jobs())
+        except OSError as e:  # a full store: the run goes on; a successor finds less to stop
+            logger.warning("run %s: cannot update its lock: %s", self.run_dir.name, e)
 
     def _schedule(self) -> int:
         wf = self.workflow

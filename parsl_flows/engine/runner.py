@@ -164,6 +164,11 @@ class Runner:
         jobs = getattr(executor, "blocks_to_job_id", {}) or {}
         return [str(j) for j in jobs.values()]
 
+    def all_batch_jobs(self) -> list[str]:
+        """The scheduler job ids of every block of every executor (for the run lock)."""
+        labels = [] if self._dfk is None else list(self._dfk.executors)
+        return [j for label in labels for j in self.batch_jobs(label)]
+
     def submit(self, label: str, task: TaskSpec) -> Future[Any]:
         """Send one task to the executor ``label``; the future resolves to element results."""
         with self._lock:

@@ -190,6 +190,30 @@ def slurm_parts(
     return make_config, make_executor, site.check
 
 
+def cancel_jobs(job_ids: list[str]) -> list[str]:
+    """``scancel`` the jobs of ``job_ids`` that Slurm still knows as pending or running.
+
+    Used for the blocks of a driver that died without a chance to cancel them; a host
+    without Slurm has none to cancel.
+    """
+    if not job_ids or shutil.which("squeue") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    alive = [j for j in out.stdout.split() if j in job_ids]
+    if alive:
+        subprocess.run(["scancel", *alive], capture_output=True, timeout=30, check=False)
+        logger.info("cancelled Slurm job(s) %s", ", ".join(alive))
+    return alive
+
+
 def describe(site: SlurmSite) -> str:
     fields = {k: v for k, v in dataclasses.asdict(site).items() if v not in (None, "", False)}
     return "Slurm " + ", ".join(f"{k}={v}" for k, v in fields.items())

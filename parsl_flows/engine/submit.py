@@ -19,6 +19,7 @@ from ..workflow import Builder, Map
 from .environment import ExecutionEnvironment
 from .orchestrator import Execution, StepLog, live_executions
 from .pickling import register_for_workers
+from .slurm import cancel_jobs
 
 __all__ = ["resume", "run", "submit"]
 
@@ -135,7 +136,7 @@ def resume(run: Run) -> Run:
             "wait for it (run.wait()) or stop it (run.interrupt()), then resume"
         )
     log = StepLog(run.path / "log.txt")
-    lock = RunLock(run.path)
+    lock = RunLock(run.path, cancel_jobs=cancel_jobs)
     lock.acquire(log)  # refuses while the old driver lives; stops its orphans otherwise
     plan = run.plan
     inputs = dict(run.inputs)
