@@ -193,7 +193,10 @@ class Run:
 
     @property
     def exit_code(self) -> int | None:
-        return self.record.exit_code
+        code = self.record.exit_code
+        if code is None and self._execution is not None and self._execution.done.is_set():
+            return self._execution.outcome_code  # run.json could not be written (full store)
+        return code
 
     @property
     def is_finished(self) -> bool:

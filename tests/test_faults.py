@@ -450,7 +450,7 @@ def test_a_store_that_fills_up_mid_run_keeps_every_file_whole(local_env, small_f
     flow = new_workflow("full").then(map_(big, "x[i] -> blob[i]", chunksize=1))
     r = flows.submit(flows.workflow.build(flow.on(local_env), x=list(range(40))), store=store)
     r.wait(180)
-    assert r.status == "failed"
+    assert (r.status, r.exit_code) == ("failed", 450)
     written = assert_every_file_reads(store)
     assert 0 < written < 40
     assert not leftover_temporaries(store)

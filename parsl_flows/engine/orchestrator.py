@@ -86,9 +86,13 @@ class StepLog:
 
     def __call__(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with self._lock, open(self.path, "a") as f:
-            for line in message.splitlines() or [""]:
-                f.write(f"{stamp} {line}\n")
+        try:
+            with self._lock, open(self.path, "a") as f:
+                for line in message.splitlines() or [""]:
+                    f.write(f"{stamp} {line}\n")
+        except OSError as e:  # a full or read-only store must not stop the run
+            logger.warning("%s%s (not in %s: %s)", self.prefix, message, self.path, e)
+            return
         logger.info("%s%s", self.prefix, message)
 
 
@@ -212,7 +216,9 @@ class Execution:
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
-        self.outcome = "running"  # how the run ended, even where run.json cannot be written
+        # How the run ended, kept here too for a store that cannot take run.json (full).
+        self.outcome: str = "running"
+        self.outcome_code: int | None = None
 
     def start(self) -> None:
         global _AT_EXIT_REGISTERED
@@ -263,32 +269,26 @@ class Execution:
             record.status = "failed"
             record.message = f"the engine failed: {type(e).__name__}: {e}"
         record.finished = time.time()
-        self.outcome = record.status
+        self.outcome, self.outcome_code = record.status, record.exit_code
         if record.status != "interrupted" and any(isinstance(n, Map) for n in self.workflow.nodes):
             try:
                 from ..dataset import write_run_dataset
 
                 write_run_dataset(self.run_dir)
             except Exception as e:  # the results are in the store either way
-                self._say(f"could not write the run's dataset.nc: {type(e).__name__}: {e}")
+                self.log(f"could not write the run's dataset.nc: {type(e).__name__}: {e}")
         try:
             record.save(self.run_dir)
         except OSError as e:  # a full or read-only store: the log may still take it
             logger.error("run %s: cannot save run.json: %s", self.run_dir.name, e)
         if record.message and record.status != "finished":
-            self._say(record.message)
-        self._say(f"workflow {record.status}: exit code {record.exit_code}")
+            self.log(record.message)
+        self.log(f"workflow {record.status}: exit code {record.exit_code}")
         try:
             self.lock.release()
         except OSError as e:
             logger.error("run %s: cannot remove its lock: %s", self.run_dir.name, e)
 
-    def _say(self, message: str) -> None:
-        """Log a line of the run; a store that cannot take it (full, read-only) only warns."""
-        try:
-            self.log(message)
-        except OSError as e:
-            logger.warning("[%s] %s (not in log.txt: %s)", self.run_dir.name, message, e)
 
     def _note_helpers(self) -> None:
         dfk = runner.dfk
@@ -358,11 +358,18 @@ class Execution:
         reasons = "; ".join(f"{p}: {missing[p]}" for p in lost)
         st.message = f"skipped because of missing input(s) {', '.join(lost)} ({reasons})"
         st.finished = time.time()
-        st.save(self.step_dir(st))
+        self._save(st)
         self.step_log(st)(st.message)
         self.log(f"step {node.name} {st.message}")
 
     # -- one node --------------------------------------------------------------------------
+
+    def _save(self, st: StepStatus) -> None:
+        """Write a step's status.json; a full or read-only store only warns (the run goes on)."""
+        try:
+            st.save(self.step_dir(st))
+        except OSError as e:
+            logger.warning("[%s:%s] cannot save status.json: %s", self.run_dir.name, st.name, e)
 
     def step_dir(self, st: StepStatus) -> Path:
         return self.run_dir / "steps" / st.dirname
@@ -381,12 +388,12 @@ class Execution:
         st.message = ""
         st.missing_inputs = []
         st.n_done = st.n_failed = st.n_infra = st.n_reused = st.n_submitted = 0
-        st.save(self.step_dir(st))
+        self._save(st)
         self.log(f"step {node.name} started")
         try:
             produced = self._execute_elements(node, st, params)
         except RunInterrupted:
-            st.save(self.step_dir(st))  # the counts so far; the step stays unfinished
+            self._save(st)  # the counts so far; the step stays unfinished
             raise
         except Exception as e:  # an engine error in one step must not stop the others
             logger.exception("step %s failed in the engine", node.name)
@@ -397,7 +404,7 @@ class Execution:
         if st.state != "skipped":
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
-        st.save(self.step_dir(st))
+        self._save(st)
         if isinstance(node, Map):
             from ..dataset import write_step_dataset  # xarray loads in the driver only
 
@@ -533,7 +540,7 @@ class Execution:
             # A stale exception would read as this attempt's error if its task is lost.
             for n in np.intersect1d(todo, present_indices(step_dir / "exception")):
                 element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
-            st.save(step_dir)
+            self._save(st)
             results = self._run_tasks(tasks, st, log)
             retry = []
             for r in results:
@@ -698,7 +705,6 @@ class Execution:
         self, tasks: list[TaskSpec], st: StepStatus, log: Callable[[str], None]
     ) -> list[ElementResult]:
         """Submit ``tasks``, follow them to the end, and count their elements as they finish."""
-        step_dir = self.step_dir(st)
         assert st.executor is not None
         futures: dict[Future[list[ElementResult]], TaskSpec] = {}
         for task in tasks:
@@ -722,7 +728,7 @@ class Execution:
                     st.n_failed += 1
             results.extend(got)
             if time.monotonic() - last_flush > _FLUSH_SECONDS:
-                st.save(step_dir)
+                self._save(st)
                 self._note_helpers()
                 last_flush = time.monotonic()
         return results
