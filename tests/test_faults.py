@@ -523,9 +523,7 @@ def test_ctrl_c_in_a_notebook_cell_stops_the_run_and_the_kernel_carries_on(tmp_p
         reply = kc.get_shell_msg(timeout=30)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        status, printed = cell(
-            "print(run.status, len(flows.engine.orchestrator.live_executions()))"
-        )
+        status, printed = cell("print(run.status, len(flows.engine.stopping.live_executions()))")
         assert (status, printed.split()) == ("ok", ["interrupted", "0"])
         # No kernel restart: the same kernel resumes the run on a new Parsl.
         status, printed = cell(

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EXIT_CODES, InfrastructureError
-from ..lock import RunLock, parsl_processes
+from ..lock import RunLock
 from ..mapspec import ArraySpec, MapSpec, MapSpecError
 from ..ranges import compress
 from ..status import RunRecord, StepStatus
@@ -40,9 +39,10 @@ from ..store import (
     write_pickle,
 )
 from ..workflow import Call, Map, Workflow, mapped_shape
+from . import stopping
 from .hashing import KeyBook, combine, value_key
 from .reuse import KEYS_FILE, present_elements, take_from_run
-from .runner import STOP_SECONDS, runner
+from .runner import runner
 from .worker import (
     INFRASTRUCTURE,
     MISSING_OUTPUT,
@@ -54,7 +54,7 @@ from .worker import (
     TaskSpec,
 )
 
-__all__ = ["Execution", "RunInterrupted", "StepLog", "interrupt", "live_executions"]
+__all__ = ["Execution", "RunInterrupted", "StepLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,68 +116,6 @@ def _isolating(todo: np.ndarray, size: int, suspects: set[int]) -> list[tuple[in
     return [(n,) for n in alone] + chunked(rest, size)
 
 
-_LIVE: set[Execution] = set()
-_LIVE_LOCK = threading.Lock()
-_AT_EXIT_REGISTERED = False
-#: How long the orchestrator may take to notice a stop and unwind (it looks 4 times a second).
-_UNWIND_SECONDS = 3.0
-
-
-def live_executions() -> list[Execution]:
-    """The runs this process is carrying out right now."""
-    with _LIVE_LOCK:
-        return list(_LIVE)
-
-
-def interrupt(executions: list[Execution], reason: str) -> None:
-    """Stop ``executions`` at once: what Ctrl-C does to a script, a notebook cell or the CLI.
-
-    Nothing more is submitted; each run ends ``interrupted`` with what finished kept in
-    the store, and its lock is released, so ``resume()`` carries it on here or elsewhere.
-    When no other run of this process is left, Parsl is shut down and every process it
-    started is stopped (the next submission starts a new one).  Runs of this process that
-    were not interrupted keep the shared workers, and with them this run's queued tasks.
-    A second Ctrl-C while this happens ends the process at once.
-    """
-    with _second_interrupt_exits():
-        for ex in executions:
-            ex.request_stop(reason)
-        deadline = time.monotonic() + _UNWIND_SECONDS
-        for ex in executions:
-            ex.done.wait(max(0.0, deadline - time.monotonic()))
-        if not live_executions():
-            runner.shutdown(timeout=STOP_SECONDS)
-
-
-@contextlib.contextmanager
-def _second_interrupt_exits() -> Any:
-    """While stopping, a second SIGINT kills Parsl's processes and exits (status 130)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _exit_now)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _exit_now(signum: int, frame: Any) -> None:
-    for p in parsl_processes(None):  # the interchanges: their pools follow them
-        with contextlib.suppress(Exception):
-            p.kill()
-    os._exit(130)
-
-
-def _finish_at_exit() -> None:
-    """At interpreter exit, wait for this process's runs; Ctrl-C there interrupts them."""
-    try:
-        for ex in live_executions():
-            ex.done.wait()
-    except KeyboardInterrupt:
-        interrupt(live_executions(), "interrupted by Ctrl-C (SIGINT) at the end of the script")
-
-
 def exit_code_of(codes: Iterable[int]) -> int:
     """A step's exit code from its elements': 401 if any raised, else 403, else 402, else 0."""
     seen = set(codes)
@@ -221,19 +159,12 @@ class Execution:
         self.outcome_code: int | None = None
 
     def start(self) -> None:
-        global _AT_EXIT_REGISTERED
-        with _LIVE_LOCK:
-            _LIVE.add(self)
-            if not _AT_EXIT_REGISTERED:
-                # Runs before the interpreter joins our (non-daemon) threads: a script that
-                # submitted and ended still finishes its runs, and Ctrl-C there stops them.
-                threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
-                _AT_EXIT_REGISTERED = True
+        stopping.register(self)
         self.thread.start()
 
     def interrupt(self, reason: str = "interrupted by Ctrl-C (SIGINT)") -> None:
-        """Stop this run now, as Ctrl-C does; see :func:`interrupt`."""
-        interrupt([self], reason)
+        """Stop this run now, as Ctrl-C does; see :func:`stopping.interrupt`."""
+        stopping.interrupt([self], reason)
 
     def request_stop(self, reason: str) -> None:
         """Stop submitting now; the run ends 'interrupted' once its threads have unwound."""
@@ -250,8 +181,7 @@ class Execution:
         try:
             self._carry_out()
         finally:  # whatever happened (even a full disk), waiters must not wait forever
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+            stopping.unregister(self)
             self.done.set()
 
     def _carry_out(self) -> None:
@@ -288,7 +218,6 @@ class Execution:
             self.lock.release()
         except OSError as e:
             logger.error("run %s: cannot remove its lock: %s", self.run_dir.name, e)
-
 
     def _note_helpers(self) -> None:
         dfk = runner.dfk

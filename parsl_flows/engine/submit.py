@@ -17,9 +17,10 @@ from ..status import FINAL_RUN_STATES, RunRecord, StepStatus
 from ..store import default_store, write_pickle
 from ..workflow import Builder, Map
 from .environment import ExecutionEnvironment
-from .orchestrator import Execution, StepLog, live_executions
+from .orchestrator import Execution, StepLog
 from .pickling import register_for_workers
 from .slurm import cancel_jobs
+from .stopping import live_executions
 
 __all__ = ["resume", "run", "submit"]
 
