@@ -56,6 +56,18 @@ _ARRAY_FORMS: dict[str, Callable[..., np.ndarray]] = {
     "array": np.asarray,
 }
 
+# What numpy raises for arguments it makes no array of: ZeroDivisionError for a step of 0,
+# MemoryError for a size it cannot allocate, RecursionError for a list that holds itself.
+_BAD_ARGUMENTS = (
+    TypeError,
+    ValueError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+)
+_TOO_DEEP = "lists or mappings nested too deeply (hundreds of levels)"
+
 
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an inputs file (``.json``, ``.yaml`` or ``.yml``) into a dict of input values."""
@@ -64,14 +76,22 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix not in (".json", ".yaml", ".yml"):
         raise UsageError(f"inputs file {file} must end in .json, .yaml or .yml")
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8-sig")  # JSON and YAML files are UTF-8
     except OSError as e:
         raise UsageError(f"cannot read inputs file {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"{file}: not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
+        ) from None
     if suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UsageError(f"{file}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+        except RecursionError:
+            raise UsageError(f"{file}: not readable: {_TOO_DEEP}") from None
+        except ValueError as e:  # an integer of more than 4300 digits
+            raise UsageError(f"{file}: not readable: {_unreadable(e)}") from None
     else:
         data = _load_yaml(file, text)
     if not isinstance(data, dict):
@@ -97,6 +117,23 @@ def _load_yaml(file: Path, text: str) -> Any:
         at = f":{where.line + 1}:{where.column + 1}" if where is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UsageError(f"{file}{at}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise UsageError(f"{file}: not readable: {_TOO_DEEP}") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a value such as 2020-02-30
+        raise UsageError(f"{file}: not readable: {_unreadable(e)}") from None
+    except Exception as e:  # PyYAML's constructors raise anything: '!!int ' is an IndexError
+        raise UsageError(
+            f"{file}: not readable: PyYAML failed with {type(e).__name__}: {e}; check the "
+            "values with explicit tags such as !!int, !!float, !!bool or !!timestamp"
+        ) from None
+
+
+def _unreadable(e: Exception) -> str:
+    """Why a value cannot be read, e.g. an integer of more than 4300 digits."""
+    message = str(e).split("; use sys.set_int_max_str_digits", 1)[0]
+    if "integer string conversion" in message:
+        message += "; write such a number in quotes, or as a float"
+    return message
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -104,45 +141,102 @@ def parse_set(item: str) -> tuple[str, Any]:
     name, sep, text = item.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise UsageError(f"--set {item!r}: expected name=value, e.g. --set mesh_size=0.01")
+        raise UsageError(f"--set {_short(item)}: expected name=value, e.g. --set mesh_size=0.01")
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
+    except RecursionError:
+        raise UsageError(f"--set {name}: the value has {_TOO_DEEP}") from None
+    except ValueError as e:  # JSON, but an integer of more than 4300 digits
+        raise UsageError(f"--set {name}: {_unreadable(e)}") from None
     return name, value
 
 
 def expand(value: Any, base: Path, name: str) -> Any:
     """Turn the text forms of arrays in ``value`` into numpy arrays (see the module docs)."""
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((form, args),) = value.items()
-            if form in _ARRAY_FORMS:
-                return _array_form(form, args, name)
-        return {k: expand(v, base, f"{name}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand(v, base, f"{name}[{i}]") for i, v in enumerate(value)]
+    try:
+        return _expand(value, base, name, set())
+    except RecursionError:
+        raise UsageError(f"input {name!r} has {_TOO_DEEP}") from None
+
+
+def _expand(value: Any, base: Path, name: str, inside: set[int]) -> Any:
+    """:func:`expand`; ``inside`` holds the ids of the lists and dicts being expanded."""
+    if isinstance(value, dict | list):
+        if id(value) in inside:  # YAML's '&a [*a]' makes a list that holds itself
+            raise UsageError(
+                f"input {name!r} contains itself (a YAML alias inside its own anchor); "
+                "write the value out instead"
+            )
+        inside.add(id(value))
+        try:
+            return _expand_container(value, base, name, inside)
+        finally:
+            inside.discard(id(value))
     if isinstance(value, str) and _array_file(value):
         return _load_array_file(value, base, name)
     return value
 
 
+def _expand_container(
+    value: dict[Any, Any] | list[Any], base: Path, name: str, inside: set[int]
+) -> Any:
+    if isinstance(value, list):
+        return [_expand(v, base, f"{name}[{i}]", inside) for i, v in enumerate(value)]
+    if len(value) == 1:
+        ((form, args),) = value.items()
+        if form in _ARRAY_FORMS:
+            return _array_form(form, args, name)
+    return {k: _expand(v, base, f"{name}.{k}", inside) for k, v in value.items()}
+
+
 def _array_form(form: str, args: Any, name: str) -> np.ndarray:
     example = {"linspace": "[0, 1, 10]", "logspace": "[-3, 0, 4]", "geomspace": "[1, 1000, 4]"}
+    hint = example.get(form, "[start, stop, step]")
+    written = f'{{"{form}": {_short(args)}}}'
     try:
         if form == "array":
-            return np.asarray(args)
-        if isinstance(args, dict):
-            return _ARRAY_FORMS[form](**args)
-        if isinstance(args, list):
-            return _ARRAY_FORMS[form](*args)
-        return _ARRAY_FORMS[form](args)
-    except (TypeError, ValueError) as e:
-        hint = example.get(form, "[start, stop, step]")
+            result = np.asarray(args)
+        elif isinstance(args, dict):
+            result = _ARRAY_FORMS[form](**args)
+        elif isinstance(args, list):
+            result = _ARRAY_FORMS[form](*args)
+        else:
+            result = _ARRAY_FORMS[form](args)
+    except _BAD_ARGUMENTS as e:
         raise UsageError(
-            f'input {name!r}: {{"{form}": {json.dumps(args)}}} is not a valid {form} '
-            f'({e}); write e.g. {{"{form}": {hint}}}'
+            f"input {name!r}: {written} is not a valid {form} ({_one_line(e)}); write e.g. "
+            f'{{"{form}": {hint}}}'
         ) from None
+    if not isinstance(result, np.ndarray):  # e.g. retstep=True: (array, step)
+        raise UsageError(
+            f"input {name!r}: {written} gives a {type(result).__name__}, not an array; "
+            f'write e.g. {{"{form}": {hint}}}'
+        )
+    return result
+
+
+def _shown(path: Path) -> str:
+    """``path`` as is, or quoted if it holds a newline or another unprintable character."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line, as the command line prints it."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``value`` as the user wrote it (JSON, else Python's repr), cut to ``limit`` characters."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError, RecursionError):  # YAML dates and sets, or a list in itself
+        text = repr(value)
+    if isinstance(value, str):
+        text = repr(text)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _array_file(text: str) -> bool:
@@ -154,9 +248,15 @@ def _load_array_file(text: str, base: Path, name: str) -> np.ndarray:
     variable = None
     if ".nc:" in text:
         text, variable = text.rsplit(":", 1)
-    path = (base / Path(text).expanduser()).resolve()
-    if not path.is_file():
-        raise UsageError(f"input {name!r}: no array file {path}")
+    try:
+        path = (base / Path(text).expanduser()).resolve()
+        found = path.is_file()
+    except (OSError, RuntimeError, ValueError) as e:  # no such '~user', name too long, NUL
+        raise UsageError(
+            f"input {name!r}: {_short(text)} is not a usable file name ({_one_line(e)})"
+        ) from None
+    if not found:
+        raise UsageError(f"input {name!r}: no array file {_shown(path)}")
     try:
         if path.suffix == ".npy":
             array: np.ndarray = np.load(path, allow_pickle=False)
@@ -168,20 +268,20 @@ def _load_array_file(text: str, base: Path, name: str) -> np.ndarray:
             if variable is None:
                 if len(names) != 1:
                     raise UsageError(
-                        f"input {name!r}: {path} holds {len(names)} variables "
+                        f"input {name!r}: {_shown(path)} holds {len(names)} variables "
                         f"({', '.join(map(str, names))}); name one as '{text}:VARIABLE'"
                     )
                 variable = str(names[0])
             if variable not in ds:
                 raise UsageError(
-                    f"input {name!r}: {path} has no variable {variable!r} "
+                    f"input {name!r}: {_shown(path)} has no variable {variable!r} "
                     f"(it has {', '.join(map(str, names)) or 'none'})"
                 )
             return np.asarray(ds[variable].values)
     except UsageError:
         raise
     except Exception as e:  # numpy and netCDF raise many types for a bad file
-        raise UsageError(f"input {name!r}: cannot read {path}: {e}") from None
+        raise UsageError(f"input {name!r}: cannot read {_shown(path)}: {_one_line(e)}") from None
 
 
 # -- plans ----------------------------------------------------------------------------------

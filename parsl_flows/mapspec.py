@@ -24,13 +24,15 @@ Grammar (whitespace allowed between tokens, but not between a name and its ``[``
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ArraySpec", "MapSpec", "MapSpecError"]
+__all__ = ["ArraySpec", "MapSpec", "MapSpecError", "as_lengths"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -180,6 +182,13 @@ class MapSpec:
             if arr.name not in input_shapes:
                 raise MapSpecError(f"mapspec '{self}': no shape given for input {arr.name!r}")
             shape = tuple(input_shapes[arr.name])
+            lengths = as_lengths(shape)
+            if lengths is None:
+                raise MapSpecError(
+                    f"mapspec '{self}': the shape {shape} of {arr.name!r} must hold lengths "
+                    "(ints >= 0)"
+                )
+            shape = lengths
             if len(shape) < arr.rank:
                 raise MapSpecError(
                     f"mapspec '{self}': expecting an array of rank {arr.rank} for '{arr}', "
@@ -239,6 +248,19 @@ class MapSpec:
             arr.name: tuple(slice(None) if a is None else by_index[a] for a in arr.axes)
             for arr in self.inputs
         }
+
+
+def as_lengths(shape: Any) -> tuple[int, ...] | None:
+    """``shape`` with its lengths as ints, or None if one is no int >= 0 (e.g. 2.5 or -1).
+
+    >>> as_lengths((2, 3)), as_lengths((2.5,)), as_lengths(5)
+    ((2, 3), None, None)
+    """
+    try:
+        lengths = tuple(operator.index(n) for n in shape)
+    except TypeError:  # not iterable, or holds floats, strings, None
+        return None
+    return lengths if all(n >= 0 for n in lengths) else None
 
 
 class _Parser:

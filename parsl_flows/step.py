@@ -19,6 +19,7 @@ import functools
 import inspect
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, overload
@@ -171,9 +172,15 @@ class Step:
         if len(self.returns) == 1:
             return {self.returns[0]: result}
         if not isinstance(result, tuple) or len(result) != len(self.returns):
-            got = (
-                f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
-            )
+            try:
+                shown = reprlib.repr(result)  # bounded: a huge array must not flood the log
+            except Exception:  # a broken __repr__ must not hide the real problem
+                shown = f"<{type(result).__name__} object>"
+            if isinstance(result, tuple):
+                got = f"a tuple of {len(result)}: {shown}"
+            else:
+                hint = f"return {', '.join(self.returns)}"
+                got = f"{type(result).__name__} {shown} (end the step with '{hint}')"
             raise MissingOutputError(
                 f"step {self.name!r} declares returns={self.returns} and must return a tuple "
                 f"of {len(self.returns)} values, but it returned {got}"

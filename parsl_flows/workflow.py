@@ -21,13 +21,14 @@ Building a plan never runs anything; every method returns a new plan.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .mapspec import MapSpec, MapSpecError
+from .mapspec import MapSpec, MapSpecError, as_lengths
 from .step import Step
 
 __all__ = [
@@ -547,6 +548,12 @@ def validate_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, 
             f"{workflow.name}.on(env) with env = flows.engine.execution_environment(None, "
             "'localhost') or another environment"
         )
+    named = [k for k in inputs if not isinstance(k, str)]
+    if named:  # only possible by editing Builder.kwargs
+        raise TypeError(
+            f"workflow {workflow.name!r}: input names are strings, not {named[0]!r}; "
+            f"it takes: {', '.join(workflow.parameter_order)}"
+        )
     missing = [
         p for p in workflow.parameter_order if p in workflow.required_parameters and p not in inputs
     ]
@@ -600,13 +607,28 @@ def _is_sequence(v: Any) -> bool:
 
 def mapped_shape(value: Any, rank: int) -> tuple[int, ...]:
     """The shape of a value a map iterates over, checked to have at least ``rank`` axes."""
-    shape = getattr(value, "shape", None)
-    if shape is not None and not np.isscalar(value):
-        shape = tuple(shape)
+    if _is_array_like(value):
+        shape = as_lengths(value.shape)
+        if shape is None:
+            raise ValueError(
+                f"{type(value).__name__} has shape {value.shape!r}, but a shape must be a "
+                "tuple of lengths (ints >= 0); pass a numpy array or a list instead"
+            )
         if len(shape) < rank:
-            raise ValueError(f"expected an array of rank {rank}, got shape {shape}")
+            hint = (
+                "; a 0-d array is a single value: map over np.atleast_1d(value), or leave it "
+                "out of the mapspec to give it whole to every element"
+                if not shape
+                else ""
+            )
+            raise ValueError(f"expected an array of rank {rank}, got shape {shape}{hint}")
         return shape
     return nested_shape(value, rank)
+
+
+def _is_array_like(value: Any) -> bool:
+    """A numpy array or something with a ``shape`` (xarray, pandas), but no numpy scalar."""
+    return getattr(value, "shape", None) is not None and not np.isscalar(value)
 
 
 def nested_shape(value: Any, rank: int) -> tuple[int, ...]:
@@ -622,15 +644,30 @@ def nested_shape(value: Any, rank: int) -> tuple[int, ...]:
         lengths = set()
         for v in level:
             if not _is_sequence(v):
+                hint = (
+                    "; make the whole input one array (np.stack) instead of a list of arrays"
+                    if isinstance(v, np.ndarray)
+                    else ""
+                )
                 raise ValueError(
                     f"expected nested sequences {rank} deep, found {type(v).__name__} at depth "
-                    f"{depth}"
+                    f"{depth}{hint}"
                 )
-            lengths.add(len(v))
+            try:
+                lengths.add(len(v))
+            except OverflowError:  # a range longer than sys.maxsize
+                raise ValueError(
+                    f"{v!r:.60} is too long to map over (more than {sys.maxsize} elements)"
+                ) from None
         if len(lengths) > 1:
             raise ValueError(f"ragged nesting: lengths {sorted(lengths)} at depth {depth}")
         shape.append(lengths.pop() if lengths else 0)
-        level = [x for v in level for x in v]
+        if depth < rank - 1:
+            if any(isinstance(v, range) and len(v) for v in level):  # never list a long range
+                raise ValueError(
+                    f"expected nested sequences {rank} deep, found int at depth {depth + 1}"
+                )
+            level = [x for v in level for x in v]
     return tuple(shape)
 
 
@@ -643,6 +680,15 @@ def as_mapped_array(value: Any, rank: int) -> np.ndarray:
     if isinstance(value, np.ndarray):
         mapped_shape(value, rank)
         return value
+    if _is_array_like(value):  # xarray, pandas: what build() accepted, the workers can use
+        shape = mapped_shape(value, rank)
+        array = np.asanyarray(value)
+        if array.shape != shape:
+            raise ValueError(
+                f"{type(value).__name__} of shape {shape} is not an array: numpy made one of "
+                f"shape {array.shape} of it; pass a numpy array or a list instead"
+            )
+        return array
     shape = nested_shape(value, rank)
     flat: list[Any] = [value]
     for _ in range(rank):
