@@ -564,3 +564,47 @@ def test_cleanup_stops_what_a_dead_driver_left_when_nothing_could_follow_it(driv
         timeout=120,
     )
     assert "nothing to clean up" in again.stdout
+
+
+# -- a result Parsl never returns ------------------------------------------------------------
+
+
+def test_a_task_whose_result_never_comes_back_is_taken_from_the_store(
+    local_env, store, monkeypatch
+) -> None:
+    """A worker killed just after a task can lose that task's result (seen in the soak).
+
+    The race cannot be forced on a real worker, so the stuck future is made by hand; the
+    elements' files are real, written by a real run.
+    """
+    from concurrent.futures import Future
+
+    from parsl_flows.engine import orchestrator
+    from parsl_flows.engine.worker import OK, USER_ERROR, TaskSpec
+
+    r = flows.run(
+        flows.workflow.build(new_workflow("t").then(map_(double, "x[i] -> y[i]")).on(local_env),
+                             x=list(range(4))),
+        store=store,
+    )  # fmt: skip
+    step_dir = r.step("double").path
+    (step_dir / "exception").mkdir()
+    (step_dir / "return_values" / "y" / "__3__.pickle").rename(
+        step_dir / "exception" / "__3__.pickle"
+    )  # element 3 now reads as failed
+    execution = orchestrator.Execution.__new__(orchestrator.Execution)
+    execution.stopping = __import__("threading").Event()
+    monkeypatch.setattr(orchestrator, "_STALL_SECONDS", 0.3)
+    task = TaskSpec("", str(step_dir), (0, 1, 2, 3), (4,), {})
+    running = TaskSpec("", str(step_dir), (4,), (5,), {})  # no file: still running
+    stuck: Future[list] = Future()
+    never: Future[list] = Future()
+    lines: list[str] = []
+    st = r.step("double").record
+    got = execution._as_completed({stuck: task, never: running}, st, lines.append)
+    fut, seen = next(got)
+    assert fut is stuck and seen is task and not fut.done()
+    assert [execution._from_store(task, n, st).code for n in task.indices] == [OK] * 3 + [
+        USER_ERROR
+    ]
+    assert "its result never came back" in lines[0]

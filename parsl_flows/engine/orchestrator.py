@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,8 @@ _MAX_LOGGED_FAILURES = 10
 INFRA_RETRIES = 3
 #: How often waiting loops look whether the run was told to stop.
 _STOP_POLL_SECONDS = 0.25
+#: Without any task finishing for this long, look for tasks finished in the store.
+_STALL_SECONDS = 5.0
 
 
 class RunInterrupted(BaseException):
@@ -642,10 +644,13 @@ class Execution:
         self._note_helpers()
         results: list[ElementResult] = []
         last_flush = time.monotonic()
-        for fut in self._as_completed(futures):
-            task = futures[fut]
-            exc = fut.exception()
-            got = fut.result() if exc is None else self._lost(task, st, exc, log)
+        for fut, task in self._as_completed(futures, st, log):
+            if not fut.done():  # finished in the store, but its result never came back
+                got = [self._from_store(task, n, st) for n in task.indices]
+            elif fut.exception() is None:
+                got = fut.result()
+            else:
+                got = self._lost(task, st, fut.exception() or RuntimeError(), log)
             for r in got:
                 if r.batch_job and r.batch_job not in st.batch_jobs:
                     st.batch_jobs.append(r.batch_job)
@@ -662,13 +667,67 @@ class Execution:
                 last_flush = time.monotonic()
         return results
 
-    def _as_completed(self, futures: Iterable[Future[Any]]) -> Iterable[Future[Any]]:
-        """Futures as they finish, like ``as_completed``, but stop when the run is told to."""
+    def _as_completed(
+        self,
+        futures: dict[Future[list[ElementResult]], TaskSpec],
+        st: StepStatus,
+        log: Callable[[str], None],
+    ) -> Iterator[tuple[Future[list[ElementResult]], TaskSpec]]:
+        """Tasks as they finish, like ``as_completed``; stops when the run is told to.
+
+        A worker that dies just after finishing a task can take the task's result with
+        it: Parsl reports only the task it was running, and the finished one's future
+        never resolves (seen in the soak test, Parsl 2026.10).  Its elements are in the
+        store, though.  So when nothing has finished for a while, pending tasks whose every
+        element has a file are looked at again after the same delay, and if they still
+        look finished, they are taken from the store.
+        """
         pending = set(futures)
+        quiet_since = time.monotonic()
+        looked_finished: set[Future[list[ElementResult]]] = set()
         while pending:
             finished, pending = wait(pending, _STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
             self._check_stop()
-            yield from finished
+            now = time.monotonic()
+            if finished:
+                quiet_since = now
+            elif now - quiet_since > _STALL_SECONDS:
+                quiet_since = now
+                in_store = {f for f in pending if self._in_store(futures[f], st)}
+                for fut in in_store & looked_finished:
+                    pending.discard(fut)
+                    log(
+                        f"a Parsl task of {len(futures[fut].indices)} element(s) finished on "
+                        "its worker, but its result never came back (its worker died right "
+                        "after it); its elements are taken from the store"
+                    )
+                    yield fut, futures[fut]
+                looked_finished = in_store
+            for fut in finished:
+                yield fut, futures[fut]
+
+    def _in_store(self, task: TaskSpec, st: StepStatus) -> bool:
+        """Has every element of ``task`` a result or an exception file?
+
+        Elements run in order, so the last one is looked at first: one ``stat`` for a
+        task that is still running.
+        """
+        step_dir = Path(task.step_dir)
+        return all(
+            all(element_path(step_dir / "return_values" / o, n).exists() for o in st.outputs)
+            or element_path(step_dir / "exception", n).exists()
+            for n in reversed(task.indices)
+        )
+
+    def _from_store(self, task: TaskSpec, n: int, st: StepStatus) -> ElementResult:
+        """What the store says of element ``n``: OK, USER_ERROR, or NOT_RUN for no file."""
+        step_dir = Path(task.step_dir)
+        if all(element_path(step_dir / "return_values" / o, n).exists() for o in st.outputs):
+            return ElementResult(n, OK)
+        exc_file = element_path(step_dir / "exception", n)
+        if exc_file.exists():
+            return ElementResult(n, USER_ERROR, read_exception(exc_file))
+        return ElementResult(n, NOT_RUN)
 
     def _lost(
         self, task: TaskSpec, st: StepStatus, exc: BaseException, log: Callable[[str], None]
@@ -693,12 +752,9 @@ class Execution:
         suspect_found = False
         for n in task.indices:
             exc_file = element_path(step_dir / "exception", n)
-            if all(element_path(step_dir / "return_values" / o, n).exists() for o in st.outputs):
-                results.append(ElementResult(n, OK))
-            elif exc_file.exists():  # it failed (or hit its walltime) before the task was lost
-                results.append(ElementResult(n, USER_ERROR, read_exception(exc_file)))
-            elif suspect_found:
-                results.append(ElementResult(n, NOT_RUN))
+            stored = self._from_store(task, n, st)  # done, or failed (or hit its walltime)
+            if stored.code != NOT_RUN or suspect_found:
+                results.append(stored)
             else:
                 suspect_found = in_order
                 error = InfrastructureError(cause, detail)
