@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_usage_error, cli, wait_for
 
 import parsl_flows as flows
 from parsl_flows.cli import describe
@@ -60,32 +59,6 @@ def make_flow():
 """
 
 
-def cli(
-    *args: str, cwd: Path, timeout: float = TIMEOUT, check: int | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m parsl_flows ARGS`` in ``cwd``; ``check`` asserts the exit status."""
-    env = {k: v for k, v in os.environ.items() if k != "PARSL_FLOWS_STORE"}
-    result = subprocess.run(
-        [sys.executable, "-m", "parsl_flows", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check is not None:
-        assert result.returncode == check, (result.returncode, result.stdout, result.stderr)
-    return result
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def run_id_of(output: str) -> str:
     m = re.search(r"^run\s+(\S+)", output, re.MULTILINE)
     assert m, output
@@ -109,17 +82,6 @@ def store_of(cwd: Path) -> Path:
     return cwd / "parsl-flows-store"
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit 2, one line on stderr that starts like every error, nothing submitted."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("parsl_flows: error: "), lines
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 # -- usage: nothing is submitted --------------------------------------------------------------
 
 
@@ -140,13 +102,13 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
 def test_a_file_with_a_syntax_error_is_one_line_and_exit_2(work: Path) -> None:
     (work / "bad.py").write_text("from parsl_flows import step\ndef f(x)\n    return x\n")
     result = cli("run", "bad.py:flow", "--set", "x=1", cwd=work)
-    one_line_error(result, "bad.py:2: syntax error")
+    assert_usage_error(result, "bad.py:2: syntax error")
     assert not store_of(work).exists()
 
 
 def test_a_file_that_fails_to_import_is_one_line_and_exit_2(work: Path) -> None:
     (work / "broken.py").write_text("import no_such_module_anywhere\n")
-    one_line_error(cli("run", "broken.py:flow", cwd=work), "No module named")
+    assert_usage_error(cli("run", "broken.py:flow", cwd=work), "No module named")
     assert not store_of(work).exists()
 
 
@@ -159,13 +121,13 @@ def test_debug_shows_the_traceback(work: Path) -> None:
 
 def test_an_unknown_name_lists_what_the_file_defines(work: Path) -> None:
     result = cli("run", "flows.py:flw", "--set", "x=[1]", "--set", "delay=0", cwd=work)
-    one_line_error(result, "has no 'flw'", "workflows flow", "steps add, add_up, slow_double")
+    assert_usage_error(result, "has no 'flw'", "workflows flow", "steps add, add_up, slow_double")
     assert not store_of(work).exists()
 
 
 def test_missing_inputs_are_named(work: Path) -> None:
     result = cli("run", "flows.py:flow", "--set", "x=[1, 2]", cwd=work)
-    one_line_error(result, "missing input(s) delay", "--inputs FILE or --set NAME=VALUE")
+    assert_usage_error(result, "missing input(s) delay", "--inputs FILE or --set NAME=VALUE")
     assert not store_of(work).exists()
 
 
@@ -173,7 +135,7 @@ def test_unknown_inputs_are_named(work: Path) -> None:
     result = cli(
         "run", "flows.py:flow", "--set", "x=[1]", "--set", "delay=0", "--set", "z=1", cwd=work
     )
-    one_line_error(result, "unknown input(s) z")
+    assert_usage_error(result, "unknown input(s) z")
     assert not store_of(work).exists()
 
 
@@ -193,23 +155,25 @@ def test_bad_inputs_files_are_one_line_and_exit_2(
 ) -> None:
     if text is not None:
         (work / name).write_text(text)
-    one_line_error(cli("run", "flows.py:flow", "--inputs", name, cwd=work), fragment)
+    assert_usage_error(cli("run", "flows.py:flow", "--inputs", name, cwd=work), fragment)
     assert not store_of(work).exists()
 
 
 def test_bad_options_are_one_line_and_exit_2(work: Path) -> None:
     args = ["run", "flows.py:flow", "--set", "x=[1]", "--set", "delay=0"]
-    one_line_error(cli(*args, "--env", "nowhere", cwd=work), "--env nowhere")
-    one_line_error(cli(*args, "--config", "none.py", cwd=work), "--config none.py")
-    one_line_error(cli("run", "flows.py:flow", "--set", "novalue", cwd=work), "expected name=value")
-    one_line_error(cli("list", "--since", "soon", cwd=work), "--since 'soon'")
-    one_line_error(cli("frobnicate", cwd=work), "invalid choice")
+    assert_usage_error(cli(*args, "--env", "nowhere", cwd=work), "--env nowhere")
+    assert_usage_error(cli(*args, "--config", "none.py", cwd=work), "--config none.py")
+    assert_usage_error(
+        cli("run", "flows.py:flow", "--set", "novalue", cwd=work), "expected name=value"
+    )
+    assert_usage_error(cli("list", "--since", "soon", cwd=work), "--since 'soon'")
+    assert_usage_error(cli("frobnicate", cwd=work), "invalid choice")
     assert not store_of(work).exists()
 
 
 def test_an_unknown_run_is_exit_2(work: Path) -> None:
     for command in (["status", "nope"], ["log", "nope"], ["graph", "nope"], ["resume", "nope"]):
-        one_line_error(cli(*command, cwd=work), "no run 'nope'")
+        assert_usage_error(cli(*command, cwd=work), "no run 'nope'")
 
 
 def test_status_and_list_of_an_empty_store(work: Path) -> None:
@@ -351,7 +315,9 @@ def test_main_job_runs_and_status_log_graph_work_on_its_id(tmp_path: Path) -> No
     assert "workflow 'electrostatics' started" in cli("log", run_id, cwd=tmp_path, check=0).stdout
     by_position = cli("log", run_id, "4", cwd=tmp_path, check=0).stdout  # modified_get_charge
     assert "attempt 1: submitting 64 elements" in by_position
-    one_line_error(cli("log", run_id, "nope", cwd=tmp_path), "no step 'nope'", "0 make_geometry")
+    assert_usage_error(
+        cli("log", run_id, "nope", cwd=tmp_path), "no step 'nope'", "0 make_geometry"
+    )
     graph = cli("graph", run_id, "-o", "run.png", cwd=tmp_path, check=0)
     assert "wrote run.png" in graph.stdout
     assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
@@ -425,7 +391,7 @@ def test_detach_returns_with_the_id_and_status_follows_to_the_end(work: Path) ->
 @pytest.mark.slow
 def test_detach_reports_usage_errors_without_a_run(work: Path) -> None:
     result = cli("run", "flows.py:flow", "--set", "x=[1]", "--detach", cwd=work)
-    one_line_error(result, "missing input(s) delay")
+    assert_usage_error(result, "missing input(s) delay")
     assert not (store_of(work) / "runs").exists()
 
 
@@ -443,7 +409,7 @@ def test_list_running_shows_a_detached_run_while_it_runs(work: Path) -> None:
         assert [r.id for r in flows.report.running_workflows(store=store_of(work))] == [run_id]
         assert cli("status", run_id, cwd=work, check=0).stdout.count("running") >= 1
         if hasattr(flows.Run, "resume"):  # a live driver keeps its run
-            one_line_error(cli("resume", run_id, cwd=work), "already being driven")
+            assert_usage_error(cli("resume", run_id, cwd=work), "already being driven")
     finally:
         os.kill(pid, signal.SIGKILL)
     wait_for(
@@ -465,7 +431,7 @@ def test_restart_changes_inputs_and_reuses_the_rest(work: Path) -> None:
     new_id = run_id_of(second.stdout.split("\n", 1)[1])
     assert new_id != old_id
     assert re.search(r"total\s+20\.0", second.stdout), second.stdout
-    one_line_error(cli("restart", old_id, "--set", "nope=1", cwd=work), "unknown input(s) nope")
+    assert_usage_error(cli("restart", old_id, "--set", "nope=1", cwd=work), "unknown input(s) nope")
 
 
 @pytest.mark.slow

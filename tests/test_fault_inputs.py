@@ -19,12 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+from helpers import assert_usage_error, cli, wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
@@ -40,37 +40,6 @@ TIMEOUT = 300
 
 def run(flow, env, store, **inputs) -> flows.Run:
     return flows.submit(flows.workflow.build(flow.on(env), **inputs), store=store).wait(TIMEOUT)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PARSL_FLOWS_STORE"}
-    return subprocess.run(
-        [sys.executable, "-m", "parsl_flows", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit status 2, one line ``parsl_flows: error: ...`` on stderr, no traceback."""
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("parsl_flows: error: "), lines
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # -- 1. a step returns a tuple of the wrong length -----------------------------------------
@@ -350,25 +319,15 @@ def test_store_that_is_a_file_fails_before_any_work(local_env, tmp_path):
     builder = flows.workflow.build(new_workflow("s").then(double).on(local_env), x=1.0)
     with pytest.raises(OSError) as info:
         flows.submit(builder, store=path)
-    assert str(path) in str(info.value)
-    assert path.read_text() == "my notes\n"  # untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-store"]
-
-
-def test_store_that_is_a_file_is_named_as_the_store(local_env, tmp_path):
-    path = tmp_path / "not-a-store"
-    path.write_text("my notes\n")
-    builder = flows.workflow.build(new_workflow("s").then(double).on(local_env), x=1.0)
-    with pytest.raises(OSError) as info:
-        flows.submit(builder, store=path)
     message = str(info.value)
     assert str(path) in message
     rest = message.replace(str(path), "")
     assert "store" in rest and "not a directory" in rest.lower(), message
     assert "runs" not in rest, message  # about the store itself, not a folder inside it
+    assert path.read_text() == "my notes\n"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-store"]
 
 
-@pytest.mark.slow
 def test_store_that_is_a_file_on_the_command_line_is_a_usage_error(tmp_path):
     path = tmp_path / "not-a-store"
     path.write_text("my notes\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
@@ -30,14 +31,6 @@ from parsl_flows.store import DamagedFileError, element_path, load_pickle
 from parsl_flows.workflow import map_, new_workflow
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def n_files(folder: Path) -> int:

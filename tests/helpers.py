@@ -1,0 +1,53 @@
+"""Helpers shared by the end-to-end tests: the command line in a subprocess, and polling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TIMEOUT = 300
+
+
+def cli(
+    *args: str, cwd: Path, timeout: float = TIMEOUT, check: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m parsl_flows ARGS`` in ``cwd``; ``check`` asserts the exit status.
+
+    ``$PARSL_FLOWS_STORE`` is dropped, so the store is the one ``cwd`` or the arguments say.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PARSL_FLOWS_STORE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "parsl_flows", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check is not None:
+        assert result.returncode == check, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 2, one line ``parsl_flows: error: ...`` on stderr, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("parsl_flows: error: "), lines
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
