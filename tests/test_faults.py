@@ -63,18 +63,19 @@ if __name__ == "__main__":
     env = flows.engine.execution_environment(None, "localhost")
     run = flows.submit(build(flow.on(env), x=np.arange({n})), store={store!r})
     print("RUN", run.path, flush=True)
-    run.wait()
-    print("ENDED", run.status, flush=True)
+    if {wait}:
+        run.wait()
+        print("ENDED", run.status, flush=True)
 """
 
 
 class Driver:
     """A script that submits a slow map and waits for it, in a process of its own."""
 
-    def __init__(self, tmp_path: Path, n: int, delay: float) -> None:
+    def __init__(self, tmp_path: Path, n: int, delay: float, wait: bool = True) -> None:
         self.store = tmp_path / "store"
         script = tmp_path / f"driver_{uuid.uuid4().hex[:6]}.py"
-        script.write_text(DRIVER.format(n=n, delay=delay, store=str(self.store)))
+        script.write_text(DRIVER.format(n=n, delay=delay, store=str(self.store), wait=wait))
         self.out = tmp_path / "driver.out"
         self.proc = subprocess.Popen(
             [sys.executable, str(script)],
@@ -125,8 +126,8 @@ class Driver:
 def driver(tmp_path: Path) -> Iterator[Callable[..., Driver]]:
     made: list[Driver] = []
 
-    def make(n: int = 400, delay: float = 0.05) -> Driver:
-        made.append(Driver(tmp_path, n, delay))
+    def make(n: int = 400, delay: float = 0.05, wait: bool = True) -> Driver:
+        made.append(Driver(tmp_path, n, delay, wait))
         return made[-1]
 
     yield make
@@ -177,6 +178,20 @@ def test_ctrl_c_on_a_script_stops_the_run_and_resume_carries_it_on(driver) -> No
     y = resumed.step("slow").outputs.return_values.y.to_array()
     assert y.tolist() == [2 * x for x in range(300)]
     assert resumed.step("slow").record.n_reused >= done_before
+
+
+def test_ctrl_c_while_a_script_that_did_not_wait_is_ending(driver) -> None:
+    """The script submitted and reached its end; the interpreter waits for the run there."""
+    d = driver(n=300, wait=False)
+    d.wait_for_results(5)
+    helpers = d.parsl_processes()
+    d.proc.send_signal(signal.SIGINT)
+    d.proc.wait(timeout=10)
+    gone_within(helpers, 5)
+    run = d.run
+    assert run.status == "interrupted"
+    assert "at the end of the script" in run.record.message
+    assert n_files(d.results()) < 300
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
