@@ -66,7 +66,9 @@ _BAD_ARGUMENTS = (
     MemoryError,
     RecursionError,
 )
-_TOO_DEEP = "lists or mappings nested too deeply (hundreds of levels)"
+#: Lists in lists (or mappings) deeper than this are refused; numpy has at most 64 axes.
+_MAX_DEPTH = 100
+_TOO_DEEP = f"lists or mappings nested too deeply (more than {_MAX_DEPTH} levels)"
 
 
 def load_inputs(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -84,6 +86,8 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{file}: not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
         ) from None
     if suffix == ".json":
+        if _json_nesting(text) > _MAX_DEPTH:
+            raise UsageError(f"{file}: not readable: {_TOO_DEEP}")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -128,6 +132,32 @@ def _load_yaml(file: Path, text: str) -> Any:
         ) from None
 
 
+def _json_nesting(text: str) -> int:
+    """How deep JSON ``text`` nests lists and objects, strings skipped (no recursion).
+
+    Checked before parsing: how deep ``json`` itself may go depends on the process's
+    recursion limit, which test runners and libraries change.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _unreadable(e: Exception) -> str:
     """Why a value cannot be read, e.g. an integer of more than 4300 digits."""
     message = str(e).split("; use sys.set_int_max_str_digits", 1)[0]
@@ -142,6 +172,8 @@ def parse_set(item: str) -> tuple[str, Any]:
     name = name.strip()
     if not sep or not name.isidentifier():
         raise UsageError(f"--set {_short(item)}: expected name=value, e.g. --set mesh_size=0.01")
+    if _json_nesting(text) > _MAX_DEPTH:
+        raise UsageError(f"--set {name}: the value has {_TOO_DEEP}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -169,6 +201,8 @@ def _expand(value: Any, base: Path, name: str, inside: set[int]) -> Any:
                 f"input {name!r} contains itself (a YAML alias inside its own anchor); "
                 "write the value out instead"
             )
+        if len(inside) >= _MAX_DEPTH:  # explicit: the recursion limit varies by process
+            raise UsageError(f"input {name.split('[')[0].split('.')[0]!r} has {_TOO_DEEP}")
         inside.add(id(value))
         try:
             return _expand_container(value, base, name, inside)
