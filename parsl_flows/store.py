@@ -23,6 +23,7 @@ No Parsl here: workers and the driver both use these functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -43,12 +44,14 @@ __all__ = [
     "FileBasedObjectArray",
     "default_store",
     "drop_damaged",
+    "dumps",
     "element_path",
     "is_intact",
     "load_pickle",
     "present_indices",
     "read_exception",
     "read_json",
+    "write_element",
     "write_json",
     "write_pickle",
 ]
@@ -76,9 +79,48 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def write_element(folder: str, n: int, data: bytes) -> None:
+    """Write element ``n``'s pickled ``data`` into ``folder``, which must exist.
+
+    The worker's hot path: no directory made, no ``Path`` objects, a temporary name of
+    the element's own (two processes never write one element at once; each uses its pid).
+    """
+    path = f"{folder}/__{n}__.pickle"
+    tmp = f"{folder}/.__{n}__.pickle.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# Types whose pickle is the same from pickle and cloudpickle, made many times faster by
+# pickle (exact types: a subclass may be a class of the user's __main__).
+_PLAIN_TYPES = frozenset(
+    {float, int, complex, str, bytes, bool, type(None)}
+    | {np.float64, np.float32, np.int64, np.int32, np.complex128, np.bool_}
+)
+
+
+def dumps(value: Any) -> bytes:
+    """The pickle of ``value``: cloudpickle (lambdas and classes of ``__main__`` travel),
+    or plain pickle for plain numbers and strings, which it writes tens of times faster.
+
+    >>> import pickle
+    >>> pickle.loads(dumps(2.5)), pickle.loads(dumps(lambda: 3))()
+    (2.5, 3)
+    """
+    if type(value) in _PLAIN_TYPES:
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps(value)
+
+
 def write_pickle(path: Path, value: Any) -> None:
     """Pickle ``value`` to ``path`` atomically (cloudpickle, so lambdas and classes travel)."""
-    _atomic_write(path, cloudpickle.dumps(value))
+    _atomic_write(path, dumps(value))
 
 
 class DamagedFileError(ValueError):

@@ -49,8 +49,8 @@ from .worker import (
     NOT_RUN,
     OK,
     USER_ERROR,
-    ElementResult,
     Source,
+    TaskResult,
     TaskSpec,
 )
 
@@ -424,21 +424,23 @@ class Execution:
     ) -> tuple[dict[int, int], dict[int, str], bool]:
         """Submit ``todo``, then resubmit what failed, as the step's restart policy allows.
 
-        Returns each element's final code and message, and whether some element used up
-        its budget.
+        Returns the final code and message of each element that failed, and whether some
+        element used up its budget.
         """
         step_dir = self.step_dir(st)
         spec = str(node.mapspec) if isinstance(node, Map) else None
         size = 1
         if isinstance(node, Map):
             size = auto_chunksize(len(todo)) if node.chunksize == "auto" else int(node.chunksize)
-        user_tries: Counter[int] = Counter()
-        infra_tries: Counter[int] = Counter()
-        tries: Counter[int] = Counter()
+        # Per element of the step, as arrays: no per-element Python for elements that succeed.
+        total = max(1, int(np.prod(shape, dtype=np.int64)))
+        tries = np.zeros(total, dtype=np.int32)
+        user_tries = np.zeros(total, dtype=np.int32)
+        infra_tries = np.zeros(total, dtype=np.int32)
+        final = np.full(total, NOT_RUN, dtype=np.int16)  # NOT_RUN: never ran here
         # Elements that were running when their worker died run alone from then on, so an
         # element that kills its worker costs only itself.
         suspects: set[int] = set()
-        final: dict[int, int] = {}
         messages: dict[int, str] = {}
         first = len(todo)
         st.submitted_elements = compress(todo)
@@ -459,7 +461,7 @@ class Execution:
                 )
                 for chunk in _isolating(todo, size, suspects)
             ]
-            if not tries:  # the first attempt of this execution
+            if not tries.any():  # the first attempt of this execution
                 masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
                 log(
                     f"attempt {attempt}: submitting {len(todo)} elements{masked} as "
@@ -473,66 +475,63 @@ class Execution:
                 element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
             self._save(st)
             results = self._run_tasks(tasks, st, log)
-            retry = []
-            for r in results:
-                n = r.index
-                if r.code == NOT_RUN:  # its task was lost before it started: not a try
-                    retry.append(n)
-                    continue
-                tries[n] += 1
-                final[n] = r.code
-                messages[n] = r.message
-                if r.code == OK:
-                    continue
-                if r.code == INFRASTRUCTURE:
-                    infra_tries[n] += 1
-                    suspects.add(n)
-                    again = infra_tries[n] <= INFRA_RETRIES
-                else:
-                    user_tries[n] += 1
-                    again = r.retryable and user_tries[n] < node.max_restarts
-                if again:
-                    retry.append(n)
+            retry: list[np.ndarray] = []
+            for tr in results:
+                ran = tr.codes != NOT_RUN
+                retry.append(tr.indices[~ran])  # its task was lost before it started: no try
+                idx, codes = tr.indices[ran], tr.codes[ran]
+                tries[idx] += 1
+                final[idx] = codes
+                messages.update({n: m for n, (m, _) in tr.failures.items()})
+                infra = idx[codes == INFRASTRUCTURE]
+                infra_tries[infra] += 1
+                suspects.update(infra.tolist())
+                again = infra[infra_tries[infra] <= INFRA_RETRIES]
+                st.n_infra -= len(again)  # back to "remaining" until the next attempt
+                retry.append(again)
+                user = idx[(codes != OK) & (codes != INFRASTRUCTURE)]
+                user_tries[user] += 1
+                again = np.array(
+                    [n for n in user.tolist() if tr.failures[n][1]], dtype=np.int64
+                )  # retryable: the step's retry_on says so
+                again = again[user_tries[again] < node.max_restarts]
+                st.n_failed -= len(again)
+                retry.append(again)
             self._record_attempt(st, attempt, todo, results)
-            not_run = sum(r.code == NOT_RUN for r in results)
+            not_run = sum(tr.count(NOT_RUN) for tr in results)
             log(
-                f"attempt {attempt}: {sum(r.code == OK for r in results)} succeeded, "
-                f"{sum(r.code in (USER_ERROR, MISSING_OUTPUT) for r in results)} failed, "
-                f"{sum(r.code == INFRASTRUCTURE for r in results)} lost to infrastructure"
+                f"attempt {attempt}: {sum(tr.count(OK) for tr in results)} succeeded, "
+                f"{sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results)} failed, "
+                f"{sum(tr.count(INFRASTRUCTURE) for tr in results)} lost to infrastructure"
                 + (f", {not_run} not started (their task was lost)" if not_run else "")
             )
-            for n in retry:  # back to "remaining" until the next attempt says otherwise
-                if n not in final:
-                    continue
-                if final[n] == INFRASTRUCTURE:
-                    st.n_infra -= 1
-                else:
-                    st.n_failed -= 1
-            todo = np.array(sorted(retry), dtype=np.int64)
-        by_code: dict[int, list[int]] = {}
-        by_tries: dict[int, list[int]] = {}
-        for n, c in final.items():
-            if c != OK:
-                by_code.setdefault(c, []).append(n)
-            by_tries.setdefault(tries[n], []).append(n)
-        st.element_codes = {str(c): compress(ns) for c, ns in sorted(by_code.items())}
-        st.element_attempts = {str(t): compress(ns) for t, ns in sorted(by_tries.items())}
-        exhausted = node.max_restarts > 1 and any(
-            c != OK and user_tries[n] >= node.max_restarts for n, c in final.items()
+            todo = np.unique(np.concatenate(retry)) if retry else np.empty(0, np.int64)
+        ran = final != NOT_RUN
+        failed = ran & (final != OK)
+        st.element_codes = {
+            str(c): compress(np.flatnonzero(final == c)) for c in np.unique(final[failed]).tolist()
+        }
+        st.element_attempts = {
+            str(t): compress(np.flatnonzero(ran & (tries == t)))
+            for t in np.unique(tries[ran]).tolist()
+        }
+        exhausted = node.max_restarts > 1 and bool(
+            (failed & (user_tries >= node.max_restarts)).any()
         )
-        return final, messages, exhausted
+        failed_codes = {int(n): int(final[n]) for n in np.flatnonzero(failed)}
+        return failed_codes, {n: messages[n] for n in failed_codes}, exhausted
 
     def _record_attempt(
-        self, st: StepStatus, attempt: int, todo: np.ndarray, results: list[ElementResult]
+        self, st: StepStatus, attempt: int, todo: np.ndarray, results: list[TaskResult]
     ) -> None:
         st.attempts.append(
             {
                 "attempt": attempt,
                 "submitted_elements": compress(todo),
                 "n_submitted": len(todo),
-                "succeeded": sum(1 for r in results if r.code == OK),
-                "failed": sum(1 for r in results if r.code in (USER_ERROR, MISSING_OUTPUT)),
-                "infrastructure": sum(1 for r in results if r.code == INFRASTRUCTURE),
+                "succeeded": sum(tr.count(OK) for tr in results),
+                "failed": sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results),
+                "infrastructure": sum(tr.count(INFRASTRUCTURE) for tr in results),
             }
         )
 
@@ -634,33 +633,29 @@ class Execution:
 
     def _run_tasks(
         self, tasks: list[TaskSpec], st: StepStatus, log: Callable[[str], None]
-    ) -> list[ElementResult]:
+    ) -> list[TaskResult]:
         """Submit ``tasks``, follow them to the end, and count their elements as they finish."""
         assert st.executor is not None
-        futures: dict[Future[list[ElementResult]], TaskSpec] = {}
+        futures: dict[Future[TaskResult], TaskSpec] = {}
         for task in tasks:
             self._check_stop()
             futures[runner.submit(st.executor, task)] = task
         self._note_helpers()
-        results: list[ElementResult] = []
+        results: list[TaskResult] = []
         last_flush = time.monotonic()
         for fut, task in self._as_completed(futures, st, log):
             if not fut.done():  # finished in the store, but its result never came back
-                got = [self._from_store(task, n, st) for n in task.indices]
+                tr = TaskResult.of([(n, *self._from_store(task, n, st)) for n in task.indices])
             elif fut.exception() is None:
-                got = fut.result()
+                tr = fut.result()
             else:
-                got = self._lost(task, st, fut.exception() or RuntimeError(), log)
-            for r in got:
-                if r.batch_job and r.batch_job not in st.batch_jobs:
-                    st.batch_jobs.append(r.batch_job)
-                if r.code == OK:
-                    st.n_done += 1
-                elif r.code == INFRASTRUCTURE:
-                    st.n_infra += 1
-                elif r.code != NOT_RUN:
-                    st.n_failed += 1
-            results.extend(got)
+                tr = self._lost(task, st, fut.exception() or RuntimeError(), log)
+            if tr.batch_job and tr.batch_job not in st.batch_jobs:
+                st.batch_jobs.append(tr.batch_job)
+            st.n_done += tr.count(OK)
+            st.n_infra += tr.count(INFRASTRUCTURE)
+            st.n_failed += tr.count(USER_ERROR, MISSING_OUTPUT)
+            results.append(tr)
             if time.monotonic() - last_flush > _FLUSH_SECONDS:
                 self._save(st)
                 self._note_helpers()
@@ -669,10 +664,10 @@ class Execution:
 
     def _as_completed(
         self,
-        futures: dict[Future[list[ElementResult]], TaskSpec],
+        futures: dict[Future[TaskResult], TaskSpec],
         st: StepStatus,
         log: Callable[[str], None],
-    ) -> Iterator[tuple[Future[list[ElementResult]], TaskSpec]]:
+    ) -> Iterator[tuple[Future[TaskResult], TaskSpec]]:
         """Tasks as they finish, like ``as_completed``; stops when the run is told to.
 
         A worker that dies just after finishing a task can take the task's result with
@@ -684,7 +679,7 @@ class Execution:
         """
         pending = set(futures)
         quiet_since = time.monotonic()
-        looked_finished: set[Future[list[ElementResult]]] = set()
+        looked_finished: set[Future[TaskResult]] = set()
         while pending:
             finished, pending = wait(pending, _STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
             self._check_stop()
@@ -719,19 +714,19 @@ class Execution:
             for n in reversed(task.indices)
         )
 
-    def _from_store(self, task: TaskSpec, n: int, st: StepStatus) -> ElementResult:
+    def _from_store(self, task: TaskSpec, n: int, st: StepStatus) -> tuple[int, str]:
         """What the store says of element ``n``: OK, USER_ERROR, or NOT_RUN for no file."""
         step_dir = Path(task.step_dir)
         if all(element_path(step_dir / "return_values" / o, n).exists() for o in st.outputs):
-            return ElementResult(n, OK)
+            return OK, ""
         exc_file = element_path(step_dir / "exception", n)
         if exc_file.exists():
-            return ElementResult(n, USER_ERROR, read_exception(exc_file))
-        return ElementResult(n, NOT_RUN)
+            return USER_ERROR, read_exception(exc_file)
+        return NOT_RUN, ""
 
     def _lost(
         self, task: TaskSpec, st: StepStatus, exc: BaseException, log: Callable[[str], None]
-    ) -> list[ElementResult]:
+    ) -> TaskResult:
         """Results for a task that Parsl reports failed: its worker died, or worse.
 
         Elements that finished before the failure have their files and count as done.  A
@@ -745,24 +740,24 @@ class Execution:
             jobs = runner.batch_jobs(str(st.executor))
             cause = "block failed" + (f" (scheduler job(s) {', '.join(jobs)})" if jobs else "")
         step_dir = Path(task.step_dir)
-        results = []
+        verdicts: list[tuple[int, int, str]] = []
         # Only a lost worker or pool says where the task stopped; any other failure (a
         # block that cannot start) hit every element alike.
         in_order = type(exc).__name__ in _LOST
         suspect_found = False
         for n in task.indices:
             exc_file = element_path(step_dir / "exception", n)
-            stored = self._from_store(task, n, st)  # done, or failed (or hit its walltime)
-            if stored.code != NOT_RUN or suspect_found:
-                results.append(stored)
+            code, message = self._from_store(task, n, st)  # done, failed, or hit its walltime
+            if code != NOT_RUN or suspect_found:
+                verdicts.append((n, code, message))
             else:
                 suspect_found = in_order
                 error = InfrastructureError(cause, detail)
                 with contextlib.suppress(OSError):  # a full store: the message still counts
                     write_pickle(exc_file, error)
-                results.append(ElementResult(n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
+                verdicts.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
         log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
-        return results
+        return TaskResult.of(verdicts)
 
     # -- logs ------------------------------------------------------------------------------
 

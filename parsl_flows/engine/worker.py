@@ -2,9 +2,15 @@
 
 One Parsl task carries a :class:`TaskSpec`: the path of the pickled step, where each
 parameter comes from, and a list of element indices.  The worker loads its inputs from
-the store, calls the step once per element, writes each element's outputs (or its
-exception) as its own file, and returns one small :class:`ElementResult` per element.
-The driver never sees the values themselves.
+the store once per task, calls the step once per element, writes each element's outputs
+(or its exception) as its own file, and returns one compact :class:`TaskResult`: an
+array of codes, with messages only for the elements that failed.  The driver never sees
+the values themselves.
+
+The per-element path is kept lean: the call, one pickle, one file written to a
+temporary name and renamed.  Directories are made once per task, input keys are worked
+out for the whole task at once, and stale exception files are the driver's to remove
+before it submits.
 
 This module is imported on workers: it must stay light and importable everywhere.
 """
@@ -23,10 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 from ..mapspec import MapSpec
-from ..store import FileBasedObjectArray, element_path, load_pickle, write_pickle
+from ..store import (
+    FileBasedObjectArray,
+    dumps,
+    element_path,
+    load_pickle,
+    write_element,
+    write_pickle,
+)
 
 __all__ = [
     "INFRASTRUCTURE",
@@ -34,8 +48,8 @@ __all__ = [
     "NOT_RUN",
     "OK",
     "USER_ERROR",
-    "ElementResult",
     "Source",
+    "TaskResult",
     "TaskSpec",
     "run_task",
 ]
@@ -77,16 +91,31 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class ElementResult:
-    """What the driver learns about one element: its code, a short message, its duration."""
+class TaskResult:
+    """What the driver learns about one task's elements.
 
-    index: int
-    code: int
-    message: str = ""
-    seconds: float = 0.0
-    host: str = field(default="")
-    retryable: bool = True  # may a later attempt succeed? (the step's retry_on decides)
+    ``codes[k]`` is the code of element ``indices[k]``; ``failures`` maps a failed element
+    to its message and whether a later attempt may succeed (the step's ``retry_on``).
+    """
+
+    indices: np.ndarray  # int64, in the order the elements ran
+    codes: np.ndarray  # int16
+    seconds: float = 0.0  # time spent in the elements' calls and writes
+    failures: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    host: str = ""
     batch_job: str = ""  # the scheduler job the worker ran in (SLURM_JOB_ID), if any
+
+    @classmethod
+    def of(cls, verdicts: list[tuple[int, int, str]]) -> TaskResult:
+        """A result the driver makes itself: ``(index, code, message)`` per element."""
+        return cls(
+            np.array([n for n, _, _ in verdicts], dtype=np.int64),
+            np.array([c for _, c, _ in verdicts], dtype=np.int16),
+            failures={n: (m, True) for n, c, m in verdicts if c not in (OK, NOT_RUN)},
+        )
+
+    def count(self, *codes: int) -> int:
+        return int(np.isin(self.codes, codes).sum())
 
 
 # Workers are long-lived processes: keep recently used steps and inputs in memory so a
@@ -115,14 +144,6 @@ def _mapped_array(path: str, rank: int) -> np.ndarray:
     return arr
 
 
-def _element_of(source: Source, key: tuple[int | slice, ...], rank: int) -> Any:
-    """The part of a mapped input that one element receives."""
-    if source.kind == "array":
-        arr = FileBasedObjectArray(source.path, source.shape)
-        return arr[key]
-    return _mapped_array(source.path, rank)[key]
-
-
 def _whole(source: Source) -> Any:
     if source.kind == "array":
         return FileBasedObjectArray(source.path, source.shape)
@@ -135,8 +156,6 @@ def _describe(exc: BaseException) -> str:
 
 def _storable(exc: BaseException) -> BaseException:
     """The exception itself if it pickles, else a stand-in that keeps its type and text."""
-    import cloudpickle
-
     tb = "".join(traceback.format_exception(exc))
     with contextlib.suppress(AttributeError):  # some exception types forbid new attributes
         exc.remote_traceback = tb  # type: ignore[attr-defined]
@@ -257,25 +276,84 @@ def _end_worker(exc_file: Path, message: str) -> Callable[[], None]:
     return end
 
 
-def run_task(task: TaskSpec) -> list[ElementResult]:
+def run_task(task: TaskSpec) -> TaskResult:
     """Run ``task``'s elements one after the other; never raises for user errors."""
     step = _cached_load(task.step_file)
     spec = MapSpec.from_string(task.mapspec) if task.mapspec else None
     mapped = set(spec.input_names) if spec else set()
     broadcast = {name: _whole(src) for name, src in task.sources.items() if name not in mapped}
+    getters = _mapped_getters(task, spec)
+    keys = _output_keys(task)
+    out_dirs = [(out, os.path.join(task.step_dir, "return_values", out)) for out in step.returns]
+    for _, folder in out_dirs:
+        os.makedirs(folder, exist_ok=True)
+    indices = np.asarray(task.indices, dtype=np.int64)
+    codes = np.zeros(len(indices), dtype=np.int16)
+    failures: dict[int, tuple[str, bool]] = {}
+    start = time.perf_counter()
+    for k, n in enumerate(task.indices):
+        kwargs = dict(broadcast)
+        for name, get in getters:
+            kwargs[name] = get(keys[k])
+        code, message, retryable = _run_element(task, step, kwargs, out_dirs, n)
+        if code:
+            codes[k] = code
+            failures[n] = (message, retryable)
+    seconds = time.perf_counter() - start
     host = os.uname().nodename
-    batch_job = os.environ.get("SLURM_JOB_ID", "")
-    results = []
-    for n in task.indices:
-        start = time.perf_counter()
-        code, message, retryable = _run_element(task, step, spec, broadcast, n)
-        seconds = time.perf_counter() - start
-        results.append(ElementResult(n, code, message, seconds, host, retryable, batch_job))
-    return results
+    return TaskResult(indices, codes, seconds, failures, host, os.environ.get("SLURM_JOB_ID", ""))
+
+
+def _output_keys(task: TaskSpec) -> list[tuple[int, ...]]:
+    """The output key of each element of the task, worked out for all of them at once."""
+    if not task.mapspec:
+        return [()] * len(task.indices)
+    axes = np.unravel_index(np.asarray(task.indices, dtype=np.int64), task.shape)
+    return list(zip(*(a.tolist() for a in axes), strict=True))
+
+
+def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, _Pick]]:
+    """For each mapped input, a function from an output key to what that element gets.
+
+    A value input is turned into its mapped array once per task; a map output stays a
+    ``FileBasedObjectArray``, read element by element.
+    """
+    if spec is None:
+        return []
+    position = {index: k for k, index in enumerate(spec.output_indices)}
+    getters = []
+    for arr in spec.inputs:
+        source = task.sources[arr.name]
+        data: Any = (
+            FileBasedObjectArray(source.path, source.shape)
+            if source.kind == "array"
+            else _mapped_array(source.path, arr.rank)
+        )
+        picks = tuple(None if a is None else position[a] for a in arr.axes)
+        getters.append((arr.name, _Pick(data, picks)))
+    return getters
+
+
+class _Pick:
+    """What an element gets of one mapped input: the input at the element's key.
+
+    ``picks[k]`` is the output axis that gives the input's axis ``k`` (None: all of it).
+    """
+
+    def __init__(self, data: Any, picks: tuple[int | None, ...]) -> None:
+        self.data = data
+        self.picks = picks
+
+    def __call__(self, key: tuple[int, ...]) -> Any:
+        return self.data[tuple(slice(None) if p is None else key[p] for p in self.picks)]
 
 
 def _run_element(
-    task: TaskSpec, step: Any, spec: MapSpec | None, broadcast: dict[str, Any], n: int
+    task: TaskSpec,
+    step: Any,
+    kwargs: dict[str, Any],
+    out_dirs: list[tuple[str, str]],
+    n: int,
 ) -> tuple[int, str, bool]:
     """Compute element ``n`` and store its outputs or its exception: (code, message, retryable).
 
@@ -285,17 +363,12 @@ def _run_element(
     """
     from ..step import MissingOutputError
 
-    step_dir = Path(task.step_dir)
-    exc_file = element_path(step_dir / "exception", n)
+    step_dir = task.step_dir
     try:
-        kwargs = dict(broadcast)
-        if spec is not None:
-            key = MapSpec.output_key(n, task.shape)
-            for name, in_key in spec.input_keys(key).items():
-                kwargs[name] = _element_of(task.sources[name], in_key, spec.input(name).rank)
         if task.walltime_s:
             message = _walltime_message(step, n, task)
             in_worker = os.getpid() != task.driver_pid
+            exc_file = element_path(Path(step_dir) / "exception", n)
             hard_stop = _end_worker(exc_file, message) if in_worker else None
             with _Deadline(task.walltime_s, message, hard_stop):
                 returned = step.callable(**kwargs)
@@ -309,10 +382,11 @@ def _run_element(
         code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
         retryable = task.retry_on is None or isinstance(e, task.retry_on)
         return code, _store_failure(step, step_dir, n, e), retryable
+    out = ""
     try:
-        for out, value in outputs.items():
-            write_pickle(element_path(step_dir / "return_values" / out, n), value)
-        exc_file.unlink(missing_ok=True)
+        for out, folder in out_dirs:
+            value = outputs[out]
+            write_element(folder, n, dumps(value))
     except OSError as e:  # the store is full or read-only
         full = OSError(e.errno, f"cannot write element {n}'s result to the store: {e}")
         return INFRASTRUCTURE, _store_failure(step, step_dir, n, full), True
@@ -326,9 +400,10 @@ def _run_element(
     return OK, "", True
 
 
-def _store_failure(step: Any, step_dir: Path, n: int, e: BaseException) -> str:
+def _store_failure(step: Any, folder: str, n: int, e: BaseException) -> str:
     """Remove element ``n``'s outputs, keep ``e`` as its exception; the message for the driver."""
     message = _describe(e)
+    step_dir = Path(folder)
     try:
         for out in step.returns:  # an element is whole or absent, never half-written
             element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
