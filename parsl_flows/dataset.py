@@ -41,12 +41,10 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 import numpy as np
 import xarray as xr
 
@@ -58,7 +56,14 @@ from xarray.core import indexing
 from .mapspec import MapSpec
 from .ranges import expand
 from .status import RunRecord, StepStatus
-from .store import FileBasedObjectArray, element_path, load_pickle, present_indices
+from .store import (
+    MISSING_ELEMENT,
+    FileBasedObjectArray,
+    element_path,
+    load_elements,
+    load_pickle,
+    present_indices,
+)
 
 if TYPE_CHECKING:
     from .run import Run, StepRun
@@ -90,72 +95,6 @@ _COORDINATE_KINDS = "biufUSMm"
 #: Numeric outputs larger than this in all stay object-valued (read lazily, left out of
 #: ``dataset.nc``), so building a dataset never fills the driver's memory.
 MAX_NUMERIC_BYTES = 1 << 30
-_READ_SIZE = 1 << 16
-_BATCH = 512  # element files per thread task: few futures, yet every thread kept busy
-_MISSING = object()  # an element file that vanished between listing and reading
-
-
-# -- reading element files -----------------------------------------------------------------
-
-
-def _default_threads() -> int:
-    # Reading many small files waits mostly on the filesystem (on a cluster's shared one,
-    # a lot); a few threads per core hide that latency without fighting over the GIL.
-    return min(16, 2 * (os.cpu_count() or 1))
-
-
-def _read_file(path: str) -> bytes:
-    # os.open/os.read skip the buffered file object: about twice as fast as open() for
-    # the small files most elements are.  A regular file returns fewer bytes than asked
-    # only at its end, so one read does for files smaller than the buffer.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, _READ_SIZE)
-        if len(data) < _READ_SIZE:
-            return data
-        parts = [data]
-        while chunk := os.read(fd, _READ_SIZE):
-            parts.append(chunk)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-
-
-def _read_batch(folder: Path, indices: Sequence[int]) -> list[Any]:
-    prefix = os.path.join(os.fspath(folder), "__")  # the names element_path gives
-    out: list[Any] = []
-    for n in indices:
-        try:
-            out.append(cloudpickle.loads(_read_file(f"{prefix}{n}__.pickle")))
-        except FileNotFoundError:
-            out.append(_MISSING)
-    return out
-
-
-def load_elements(
-    folder: str | os.PathLike[str], indices: Iterable[int], threads: int | None = None
-) -> list[Any]:
-    """The elements ``indices`` of an array folder, read by ``threads`` threads, in order.
-
-    An element whose file does not exist is returned as a private sentinel; callers
-    mask it.
-
-    >>> import tempfile
-    >>> from parsl_flows.store import write_pickle
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> for n in range(3):
-    ...     write_pickle(element_path(folder, n), n * 10)
-    >>> load_elements(folder, [2, 0])
-    [20, 0]
-    """
-    folder = Path(folder)
-    idx = [int(i) for i in indices]
-    threads = _default_threads() if threads is None else max(1, int(threads))
-    if threads == 1 or len(idx) <= _BATCH:
-        return _read_batch(folder, idx)
-    batches = [idx[k : k + _BATCH] for k in range(0, len(idx), _BATCH)]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dataset-read") as pool:
-        return [v for batch in pool.map(lambda b: _read_batch(folder, b), batches) for v in batch]
 
 
 # -- one output as one variable ------------------------------------------------------------
@@ -217,7 +156,7 @@ class _ElementFiles(BackendArray):  # type: ignore[misc]
         for pos, n in enumerate(flat.tolist()):
             v = found.get(n)
             # Fill one by one: numpy would take list-valued elements apart.
-            out[pos] = None if v is _MISSING else v
+            out[pos] = None if v is MISSING_ELEMENT else v
         return out.reshape(np.shape(linear))
 
 
@@ -244,13 +183,13 @@ def _read_output(folder: Path, shape: tuple[int, ...], threads: int | None) -> _
     if not numeric or np.asarray(first).nbytes * present.size > MAX_NUMERIC_BYTES:
         return _Output(_lazy(folder, shape, present), mask.reshape(shape))
     values = load_elements(folder, present, threads)
-    gone = [k for k, v in enumerate(values) if v is _MISSING]
+    gone = [k for k, v in enumerate(values) if v is MISSING_ELEMENT]
     if gone:  # deleted since the listing (a resumed step): masked like any missing file
         mask[present[gone]] = True
         keep = np.ones(len(values), dtype=bool)
         keep[gone] = False
         present = present[keep]
-        values = [v for v in values if v is not _MISSING]
+        values = [v for v in values if v is not MISSING_ELEMENT]
     if not values:
         return _Output(np.full(shape, np.nan), mask.reshape(shape))
     stacked = _stack_numeric(values)
@@ -312,7 +251,7 @@ def _errors(step_dir: Path, size: int, threads: int | None) -> np.ndarray:
     idx = idx[idx < size]
     texts = np.full(size, "", dtype=object)
     for n, exc in zip(idx.tolist(), load_elements(folder, idx, threads), strict=True):
-        if exc is not _MISSING:
+        if exc is not MISSING_ELEMENT:
             texts[n] = _describe(exc)
     # Python strings, not a fixed-width numpy str array: one long message among 100,000
     # elements would otherwise cost 100,000 times its length.
@@ -420,7 +359,7 @@ class _Layout:
 
         try:
             value = self._value_of(name)
-            if value is _MISSING:
+            if value is MISSING_ELEMENT:
                 return None
             if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():
                 return None
@@ -497,7 +436,7 @@ def _value_loader(run_dir: Path, records: Sequence[StepStatus]) -> Callable[[str
         try:
             return load_pickle(path)
         except FileNotFoundError:
-            return _MISSING
+            return MISSING_ELEMENT
 
     return value_of
 
@@ -883,7 +822,7 @@ def input_samples(array_or_step: FileBasedObjectArray | StepRun) -> list[dict[st
     shared: dict[str, Any] = {}
     arrays: dict[str, tuple[np.ndarray, tuple[str | None, ...]]] = {}
     for label, (root, axes) in entries.items():
-        if values[root] is _MISSING:  # an input left to its default
+        if values[root] is MISSING_ELEMENT:  # an input left to its default
             continue
         if axes:
             arrays[label] = (as_mapped_array(values[root], len(axes)), axes)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -40,6 +39,7 @@ from ..store import (
 )
 from ..workflow import Call, Map, Workflow, mapped_shape
 from . import stopping
+from .chunking import ChunkSizer
 from .hashing import KeyBook, combine, value_key
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
@@ -98,26 +98,6 @@ class StepLog:
         logger.info("%s%s", self.prefix, message)
 
 
-def auto_chunksize(n_elements: int) -> int:
-    """Elements per Parsl task: one each up to 2,000 elements, then at most ~2,000 tasks.
-
-    A Parsl task costs about a millisecond and 12 KB of driver memory; small maps keep
-    one element per task for the best balance across workers.
-    """
-    return max(1, math.ceil(n_elements / 2000))
-
-
-def chunked(indices: np.ndarray, size: int) -> list[tuple[int, ...]]:
-    return [tuple(int(i) for i in indices[k : k + size]) for k in range(0, len(indices), size)]
-
-
-def _isolating(todo: np.ndarray, size: int, suspects: set[int]) -> list[tuple[int, ...]]:
-    """``todo`` in chunks of ``size``, except that each suspect element is a task of its own."""
-    alone = [n for n in todo.tolist() if n in suspects]
-    rest = np.setdiff1d(todo, np.array(alone, dtype=np.int64))
-    return [(n,) for n in alone] + chunked(rest, size)
-
-
 def exit_code_of(codes: Iterable[int]) -> int:
     """A step's exit code from its elements': 401 if any raised, else 403, else 402, else 0."""
     seen = set(codes)
@@ -156,6 +136,7 @@ class Execution:
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
+        self._datasets = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataset")
         # How the run ended, kept here too for a store that cannot take run.json (full).
         self.outcome: str = "running"
         self.outcome_code: int | None = None
@@ -200,6 +181,8 @@ class Execution:
             logger.exception("run %s failed", self.run_dir.name)
             record.status = "failed"
             record.message = f"the engine failed: {type(e).__name__}: {e}"
+        # The maps' dataset.nc files were written beside the run; the run's own needs them.
+        self._datasets.shutdown(wait=True, cancel_futures=record.status == "interrupted")
         record.finished = time.time()
         self.outcome, self.outcome_code = record.status, record.exit_code
         if record.status != "interrupted" and any(isinstance(n, Map) for n in self.workflow.nodes):
@@ -336,11 +319,12 @@ class Execution:
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
         self._save(st)
-        if isinstance(node, Map):
+        if isinstance(node, Map) and not self.stopping.is_set():
             from ..dataset import write_step_dataset  # xarray loads in the driver only
 
-            if not self.stopping.is_set():
-                write_step_dataset(self.step_dir(st), quiet=True)  # dataset.nc; never raises
+            # dataset.nc (it never raises) is written beside the run, not before the steps
+            # that wait for this one: a second or more for a big map.
+            self._datasets.submit(write_step_dataset, self.step_dir(st), quiet=True)
         if st.state == "skipped":
             verdict = st.message
         else:
@@ -429,9 +413,25 @@ class Execution:
         """
         step_dir = self.step_dir(st)
         spec = str(node.mapspec) if isinstance(node, Map) else None
-        size = 1
+        fixed: int | None = 1  # a plain call: one task of one element
         if isinstance(node, Map):
-            size = auto_chunksize(len(todo)) if node.chunksize == "auto" else int(node.chunksize)
+            fixed = None if node.chunksize == "auto" else int(node.chunksize)
+        assert st.executor is not None
+        workers = runner.worker_count(st.executor)
+
+        def make_task(chunk: tuple[int, ...]) -> TaskSpec:
+            return TaskSpec(
+                str(step_dir / "step.pickle"),
+                str(step_dir),
+                chunk,
+                shape,
+                params,
+                spec,
+                node.retry_on,
+                node.step.resources.walltime_s,
+                os.getpid(),
+            )
+
         # Per element of the step, as arrays: no per-element Python for elements that succeed.
         total = max(1, int(np.prod(shape, dtype=np.int64)))
         tries = np.zeros(total, dtype=np.int32)
@@ -447,25 +447,12 @@ class Execution:
         st.n_submitted = first
         while len(todo):
             attempt = len(st.attempts) + 1
-            tasks = [
-                TaskSpec(
-                    str(step_dir / "step.pickle"),
-                    str(step_dir),
-                    chunk,
-                    shape,
-                    params,
-                    spec,
-                    node.retry_on,
-                    node.step.resources.walltime_s,
-                    os.getpid(),
-                )
-                for chunk in _isolating(todo, size, suspects)
-            ]
             if not tries.any():  # the first attempt of this execution
                 masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
+                sizes = "tasks sized to the work" if fixed is None else f"tasks of {fixed}"
                 log(
-                    f"attempt {attempt}: submitting {len(todo)} elements{masked} as "
-                    f"{len(tasks)} Parsl task(s) to executor {st.executor!r}; "
+                    f"attempt {attempt}: submitting {len(todo)} elements{masked} to executor "
+                    f"{st.executor!r} ({workers} workers, {sizes}); "
                     f"submitted_elements={compress(todo)}"
                 )
             else:
@@ -474,7 +461,9 @@ class Execution:
             for n in np.intersect1d(todo, present_indices(step_dir / "exception")):
                 element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
             self._save(st)
-            results = self._run_tasks(tasks, st, log)
+            alone: list[tuple[int, ...]] = [(n,) for n in todo.tolist() if n in suspects]
+            rest = np.setdiff1d(todo, np.array([c[0] for c in alone], dtype=np.int64))
+            results = self._run_tasks(alone, rest, make_task, ChunkSizer(workers, fixed), st, log)
             retry: list[np.ndarray] = []
             for tr in results:
                 ran = tr.codes != NOT_RUN
@@ -632,14 +621,35 @@ class Execution:
     # -- tasks -----------------------------------------------------------------------------
 
     def _run_tasks(
-        self, tasks: list[TaskSpec], st: StepStatus, log: Callable[[str], None]
+        self,
+        alone: list[tuple[int, ...]],
+        rest: np.ndarray,
+        make_task: Callable[[tuple[int, ...]], TaskSpec],
+        sizer: ChunkSizer,
+        st: StepStatus,
+        log: Callable[[str], None],
     ) -> list[TaskResult]:
-        """Submit ``tasks``, follow them to the end, and count their elements as they finish."""
-        assert st.executor is not None
+        """Run the elements of ``alone`` one per task and ``rest`` in tasks that ``sizer``
+        sizes, a few tasks per worker in flight; count elements as they finish."""
+        executor = st.executor
+        assert executor is not None
         futures: dict[Future[TaskResult], TaskSpec] = {}
-        for task in tasks:
-            self._check_stop()
-            futures[runner.submit(st.executor, task)] = task
+        position = 0
+
+        def top_up() -> None:
+            nonlocal position
+            while len(futures) < sizer.in_flight and (alone or position < len(rest)):
+                self._check_stop()
+                if alone:
+                    chunk = alone.pop(0)
+                else:
+                    size = sizer.next_size(len(rest) - position)
+                    chunk = tuple(rest[position : position + size].tolist())
+                    position += size
+                task = make_task(chunk)
+                futures[runner.submit(executor, task)] = task
+
+        top_up()
         self._note_helpers()
         results: list[TaskResult] = []
         last_flush = time.monotonic()
@@ -648,8 +658,10 @@ class Execution:
                 tr = TaskResult.of([(n, *self._from_store(task, n, st)) for n in task.indices])
             elif fut.exception() is None:
                 tr = fut.result()
+                sizer.observe(len(task.indices), tr.seconds)
             else:
                 tr = self._lost(task, st, fut.exception() or RuntimeError(), log)
+            top_up()
             if tr.batch_job and tr.batch_job not in st.batch_jobs:
                 st.batch_jobs.append(tr.batch_job)
             st.n_done += tr.count(OK)
@@ -668,7 +680,8 @@ class Execution:
         st: StepStatus,
         log: Callable[[str], None],
     ) -> Iterator[tuple[Future[TaskResult], TaskSpec]]:
-        """Tasks as they finish, like ``as_completed``; stops when the run is told to.
+        """Tasks as they finish, taken out of ``futures`` (which may grow meanwhile);
+        stops when the run is told to.
 
         A worker that dies just after finishing a task can take the task's result with
         it: Parsl reports only the task it was running, and the finished one's future
@@ -677,29 +690,27 @@ class Execution:
         element has a file are looked at again after the same delay, and if they still
         look finished, they are taken from the store.
         """
-        pending = set(futures)
         quiet_since = time.monotonic()
         looked_finished: set[Future[TaskResult]] = set()
-        while pending:
-            finished, pending = wait(pending, _STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        while futures:
+            finished, _ = wait(list(futures), _STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
             self._check_stop()
             now = time.monotonic()
             if finished:
                 quiet_since = now
             elif now - quiet_since > _STALL_SECONDS:
                 quiet_since = now
-                in_store = {f for f in pending if self._in_store(futures[f], st)}
+                in_store = {f for f in futures if self._in_store(futures[f], st)}
                 for fut in in_store & looked_finished:
-                    pending.discard(fut)
                     log(
                         f"a Parsl task of {len(futures[fut].indices)} element(s) finished on "
                         "its worker, but its result never came back (its worker died right "
                         "after it); its elements are taken from the store"
                     )
-                    yield fut, futures[fut]
+                    yield fut, futures.pop(fut)
                 looked_finished = in_store
             for fut in finished:
-                yield fut, futures[fut]
+                yield fut, futures.pop(fut)
 
     def _in_store(self, task: TaskSpec, st: StepStatus) -> bool:
         """Has every element of ``task`` a result or an exception file?

@@ -25,6 +25,7 @@ from parsl.executors.base import ParslExecutor
 
 from ..lock import parsl_processes, stop_processes
 from ..step import Resources
+from .chunking import worker_count
 from .environment import ExecutionEnvironment
 from .interchange_guard import launch_command
 from .worker import TaskSpec, run_task
@@ -163,6 +164,11 @@ class Runner:
         executor = None if self._dfk is None else self._dfk.executors.get(label)
         jobs = getattr(executor, "blocks_to_job_id", {}) or {}
         return [str(j) for j in jobs.values()]
+
+    def worker_count(self, label: str) -> int:
+        """How many workers the executor ``label`` has, or will have once its blocks start."""
+        executor = None if self._dfk is None else self._dfk.executors.get(label)
+        return worker_count(executor)
 
     def all_batch_jobs(self) -> list[str]:
         """The scheduler job ids of every block of every executor (for the run lock)."""
