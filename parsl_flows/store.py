@@ -355,10 +355,8 @@ class FileBasedObjectArray:
         return present_indices(self.folder)
 
     def _load(self, n: int) -> Any:
-        try:
-            return load_pickle(element_path(self.folder, n))
-        except FileNotFoundError:
-            return np.ma.masked
+        value = _read_batch(os.fspath(self.folder), [n])[0]
+        return np.ma.masked if value is MISSING_ELEMENT else value
 
     def __getitem__(self, key: Any) -> Any:
         if not isinstance(key, tuple):

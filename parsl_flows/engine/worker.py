@@ -312,7 +312,9 @@ def _output_keys(task: TaskSpec) -> list[tuple[int, ...]]:
     return list(zip(*(a.tolist() for a in axes), strict=True))
 
 
-def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, _Pick]]:
+def _mapped_getters(
+    task: TaskSpec, spec: MapSpec | None
+) -> list[tuple[str, Callable[[tuple[int, ...]], Any]]]:
     """For each mapped input, a function from an output key to what that element gets.
 
     A value input is turned into its mapped array once per task; a map output stays a
@@ -321,7 +323,7 @@ def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, _Pi
     if spec is None:
         return []
     position = {index: k for k, index in enumerate(spec.output_indices)}
-    getters = []
+    getters: list[tuple[str, Callable[[tuple[int, ...]], Any]]] = []
     for arr in spec.inputs:
         source = task.sources[arr.name]
         data: Any = (
@@ -330,8 +332,24 @@ def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, _Pi
             else _mapped_array(source.path, arr.rank)
         )
         picks = tuple(None if a is None else position[a] for a in arr.axes)
-        getters.append((arr.name, _Pick(data, picks)))
+        if isinstance(data, FileBasedObjectArray) and None not in picks:
+            getters.append((arr.name, _ElementPick(data, picks)))  # one file per element
+        else:
+            getters.append((arr.name, _Pick(data, picks)))
     return getters
+
+
+class _ElementPick:
+    """One element of a map output, read straight from its file (the common case)."""
+
+    def __init__(self, data: FileBasedObjectArray, picks: tuple[int | None, ...]) -> None:
+        self.data = data
+        self.picks = [p for p in picks if p is not None]
+        self.strides = [int(np.prod(data.shape[k + 1 :], dtype=np.int64)) for k in range(data.ndim)]
+
+    def __call__(self, key: tuple[int, ...]) -> Any:
+        n = sum(key[p] * stride for p, stride in zip(self.picks, self.strides, strict=True))
+        return self.data._load(n)
 
 
 class _Pick:
