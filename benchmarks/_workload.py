@@ -1,0 +1,159 @@
+"""The work of the map benchmarks (``map_throughput.py``, ``restart_cost.py``), importable.
+
+The seed's shape: ``e[a, b] = f(V_left[a], V_right[b])`` over an outer product, then
+``c[a, b] = g(e[a, b])``, then the mean of ``c``.  ``f`` and ``g`` cost about a microsecond
+each and return a float, or a :class:`Value` (a small frozen dataclass holding the float)
+for the "object" variant.
+
+This module is imported by name, not run: the benchmarks put its folder on ``PYTHONPATH``
+(:func:`make_importable`) so that their subprocesses and the Parsl workers import it too.
+``Value`` then pickles by reference, as a class of an installed package would, whichever
+process writes it; bare Parsl apps made of these functions travel by reference as well.
+The parsl_flows steps stay in the benchmark scripts (``__main__``), which parsl_flows ships
+by value; they call into this module.
+
+Element files are named and written as the parsl_flows store writes them: ``__<k>__.pickle``
+for the element of linear (C order) index ``k``, cloudpickle to a temporary name in the same
+folder, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+HERE = Path(__file__).resolve().parent
+SPIN = 12  # rounds of _spin: about 1 µs per call of f or g on a 2020s x86 core
+
+
+@dataclass(frozen=True)
+class Value:
+    """The "object" variant's element: one float in a frozen dataclass."""
+
+    x: float
+
+
+Element = float | Value
+
+
+def make_importable() -> None:
+    """Put this folder on ``PYTHONPATH``: child processes and Parsl workers inherit it."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(HERE) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), *paths])
+
+
+# -- the computation -----------------------------------------------------------------------
+
+
+def _spin(x: float) -> float:
+    for _ in range(SPIN):
+        x = x * 0.9990234375 + 0.0009765625
+    return x
+
+
+def as_float(v: Any) -> float:
+    return v.x if isinstance(v, Value) else float(v)
+
+
+def f(x: float, y: float, boxed: bool) -> Element:
+    v = _spin(x * y + x)
+    return Value(v) if boxed else v
+
+
+def g(e: Element, boxed: bool) -> Element:
+    v = _spin(as_float(e) + 1.0)
+    return Value(v) if boxed else v
+
+
+def mean_of(values: Iterable[Any]) -> float:
+    """The mean, summed exactly (``math.fsum``): the same whatever order the values come in."""
+    xs = [as_float(v) for v in values]
+    return math.fsum(xs) / len(xs)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """``(A, B)`` with ``A * B == n``: A the largest divisor of n that is <= sqrt(n).
+
+    100000 -> (250, 400), 10000 -> (100, 100), 2000 -> (40, 50); a prime n gives (1, n).
+    """
+    a = math.isqrt(n)
+    while n % a:
+        a -= 1
+    return a, n // a
+
+
+def voltages(n: int) -> tuple[list[float], list[float]]:
+    """``V_left`` (A values in [0, 1]) and ``V_right`` (B values in [-0.5, 0.5])."""
+    a, b = grid_shape(n)
+    left = [i / max(1, a - 1) for i in range(a)]
+    right = [j / max(1, b - 1) - 0.5 for j in range(b)]
+    return left, right
+
+
+# -- element files -------------------------------------------------------------------------
+
+
+def element_path(folder: str | Path, k: int) -> Path:
+    return Path(folder) / f"__{k}__.pickle"
+
+
+def write_element(path: Path, value: Any) -> None:
+    """cloudpickle to a temporary name in the same folder, then rename (as the store does)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(cloudpickle.dumps(value))
+    os.replace(tmp, path)
+
+
+def read_element(path: str | Path) -> Any:
+    with open(path, "rb") as fh:
+        return cloudpickle.load(fh)
+
+
+def e_element(x: float, y: float, boxed: bool, path: str) -> str:
+    """One element of the first map, written to ``path``; returns ``path``."""
+    write_element(Path(path), f(x, y, boxed))
+    return path
+
+
+def c_element(e_path: str, boxed: bool, path: str) -> str:
+    """One element of the second map, from the first map's file; returns ``path``."""
+    write_element(Path(path), g(read_element(e_path), boxed))
+    return path
+
+
+def e_range(
+    v_left: list[float], v_right: list[float], boxed: bool, folder: str, start: int, stop: int
+) -> str:
+    """Elements ``start:stop`` (C order) of the first map into ``folder``; returns ``folder``."""
+    n_right = len(v_right)
+    for k in range(start, stop):
+        e_element(v_left[k // n_right], v_right[k % n_right], boxed, str(element_path(folder, k)))
+    return folder
+
+
+def c_range(e_folder: str, boxed: bool, folder: str, start: int, stop: int) -> str:
+    """Elements ``start:stop`` of the second map, read from ``e_folder``; returns ``folder``."""
+    for k in range(start, stop):
+        c_element(str(element_path(e_folder, k)), boxed, str(element_path(folder, k)))
+    return folder
+
+
+def mean_of_files(folder: str, n: int) -> float:
+    """The mean of the ``n`` element files in ``folder``."""
+    return mean_of(read_element(element_path(folder, k)) for k in range(n))
+
+
+def chunks(n: int, parts: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into ``parts`` contiguous ``(start, stop)`` pieces of near-equal size."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in pairwise(bounds) if hi > lo]
