@@ -19,8 +19,11 @@ folder, then ``os.replace``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -157,3 +160,25 @@ def chunks(n: int, parts: int) -> list[tuple[int, int]]:
     """``range(n)`` cut into ``parts`` contiguous ``(start, stop)`` pieces of near-equal size."""
     bounds = [n * i // parts for i in range(parts + 1)]
     return [(lo, hi) for lo, hi in pairwise(bounds) if hi > lo]
+
+
+# -- running one measurement in a fresh process -----------------------------------------------
+
+
+def fresh_folder(root: Path | str | None, prefix: str) -> Path:
+    """A new folder under ``root`` (made if needed), or a fresh temporary one."""
+    if root is not None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root)).resolve()
+
+
+def run_child(cmd: list[str], what: str) -> dict[str, Any]:
+    """Run ``cmd`` (a benchmark's ``--only`` mode) and return its last ``RESULT {json}`` line."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{what} failed (exit status {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    return result

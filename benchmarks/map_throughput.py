@@ -46,7 +46,6 @@ import re
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -250,16 +249,10 @@ def child(system: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     cmd += ["--variant", args.variant, "--store", str(workdir)]
     try:
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        result = work.run_child(cmd, system)
         wall = time.perf_counter() - t
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"{system} failed (exit status {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
     if system == "flows-cold":
         result["seconds"] = wall  # the whole process: start-up, Parsl, run and exit
     return result
@@ -364,9 +357,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
     default_store = args.store is None
-    if args.store is not None:
-        Path(args.store).mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="map-throughput-", dir=args.store)).resolve()
+    root = work.fresh_folder(args.store, "map-throughput-")
     systems = ["bare-apps", "bare-chunked", "flows-cold", "flows-warm"]
     skipped = []
     if args.n > PER_APP_LIMIT:

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -128,16 +127,9 @@ def child(pair: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     if pair % 2:
         cmd.append("--failing-first")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return work.run_child(cmd, f"pair {pair + 1}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"pair {pair + 1} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
-    return result
 
 
 def check(result: dict[str, Any], n: int, mean: float) -> None:
@@ -215,7 +207,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    root = Path(tempfile.mkdtemp(prefix="restart-cost-", dir=args.store)).resolve()
+    root = work.fresh_folder(args.store, "restart-cost-")
     try:
         print_header(args, root, args.store is None)
         times, ratios = run_pairs(args, root, expected_mean(args.n, boxed))
