@@ -416,10 +416,16 @@ def _can_mount() -> bool:
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount tmpfs filesystems of a given size (root only)."""
+def small_fs(tmp_path: Path, local_env) -> Iterator[Callable[[str], Path]]:
+    """Mount tmpfs filesystems of a given size (root only).
+
+    Parsl is started first, elsewhere: the first run of a process puts Parsl's own logs
+    in its store, and a worker's open log would keep the filesystem busy.
+    """
     if not _can_mount():
         pytest.skip("mounting a filesystem needs root")
+    warm = new_workflow("warm").then(map_(double, "x[i] -> y[i]"))
+    flows.run(flows.workflow.build(warm.on(local_env), x=[1]), store=tmp_path / "elsewhere")
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:
@@ -443,6 +449,20 @@ def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 @step(returns="blob")
 def big(x: int) -> bytes:
     return bytes([x % 256]) * 150_000
+
+
+def remount_read_only(where: Path) -> None:
+    """Turn a mounted filesystem read-only under a running run.
+
+    Linux refuses while a file there is open for writing ("mount point is busy"); workers
+    hold each element file open for microseconds, so a few tries find a moment between.
+    """
+    for _ in range(500):
+        cmd = ["mount", "-o", "remount,ro", str(where)]
+        if subprocess.run(cmd, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"{where} stayed busy: it could not be made read-only")
 
 
 def assert_every_file_reads(store: Path) -> int:
@@ -472,7 +492,7 @@ def test_a_store_that_turns_read_only_mid_run_keeps_every_file_whole(local_env, 
     r = flows.submit(flows.workflow.build(flow.on(local_env), x=list(range(400))), store=store)
     folder = r.path / "steps" / "00-double" / "return_values" / "y"
     wait_for(lambda: n_files(folder) >= 5, "some elements to finish")
-    subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+    remount_read_only(store)
     try:
         r.wait(180)
         assert r.status == "failed"
