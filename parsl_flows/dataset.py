@@ -446,6 +446,36 @@ def _attrs(**items: Any) -> dict[str, Any]:
     return {k: v for k, v in items.items() if v is not None}
 
 
+def _stored_values(step_dir: Path, rec: StepStatus) -> dict[str, _Output]:
+    """The numeric outputs and errors of the step's own ``dataset.nc``, if it is current.
+
+    The engine writes each map's ``dataset.nc`` as the map ends; the run's dataset, built
+    when the run ends, takes them from there instead of reading every element file a
+    second time (seconds for a map of 100,000 elements).  The file is current when it
+    was written for this very ending of the step (its ``finished`` and ``state``
+    attributes match the step's record): a restart or resume ends the step anew.
+    Outputs kept in pickles, and anything unreadable, are read from the elements.
+    """
+    path = step_dir / DATASET_FILE
+    if rec.finished is None or not path.exists():
+        return {}
+    try:
+        with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4") as ds:
+            if ds.attrs.get("finished") != rec.finished or ds.attrs.get("state") != rec.state:
+                return {}
+            found: dict[str, _Output] = {}
+            for name in [*rec.outputs, f"{rec.name}_error"]:
+                mask = f"{name}_mask"
+                if name in ds.data_vars and (mask in ds.data_vars or name.endswith("_error")):
+                    data = ds[name].values
+                    flags = ds[mask].values if mask in ds.data_vars else np.zeros(0, bool)
+                    found[name] = _Output(data, flags, data.ndim - len(rec.shape or ()))
+            return found
+    except Exception:  # a damaged or foreign file: the element files are the truth
+        logger.debug("not using %s", path, exc_info=True)
+        return {}
+
+
 def _step_variables(
     step_dir: Path,
     rec: StepStatus,
@@ -456,17 +486,19 @@ def _step_variables(
     shape = tuple(rec.shape or ())
     size = int(np.prod(shape, dtype=np.int64))
     attrs = _attrs(step=rec.name, mapspec=rec.mapspec, exit_code=rec.exit_code)
+    stored = _stored_values(step_dir, rec)
     out: dict[str, xr.Variable] = {}
     for name in rec.outputs if outputs is None else outputs:
-        got = _read_output(step_dir / "return_values" / name, shape, threads)
+        got = stored.get(name) or _read_output(step_dir / "return_values" / name, shape, threads)
         extra = tuple(f"{name}_dim_{k}" for k in range(got.element_dims))
         out[name] = xr.Variable((*dims, *extra), got.data, attrs=dict(attrs))
         out[f"{name}_mask"] = xr.Variable(
             tuple(dims), got.mask, attrs={**attrs, "long_name": f"{name} is missing"}
         )
+    errors = stored.get(f"{rec.name}_error")
     out[f"{rec.name}_error"] = xr.Variable(
         tuple(dims),
-        _errors(step_dir, size, threads).reshape(shape),
+        errors.data if errors is not None else _errors(step_dir, size, threads).reshape(shape),
         attrs={**attrs, "long_name": "exception type and message; empty where none"},
     )
     out[f"{rec.name}_attempts"] = xr.Variable(
@@ -544,6 +576,7 @@ def step_dataset(
             mapspec=rec.mapspec,
             exit_code=rec.exit_code,
             state=rec.state,
+            finished=rec.finished,
         ),
     )
     return _with_indexes(ds, layout.indexed(ids))

@@ -61,6 +61,7 @@ __all__ = [
 
 STORE_ENV = "PARSL_FLOWS_STORE"
 _ELEMENT = re.compile(r"__(\d+)__\.pickle")
+_ELEMENT_LINE = re.compile(r"^__(\d+)__\.pickle$", re.MULTILINE)
 
 
 def default_store(store: str | os.PathLike[str] | None = None) -> Path:
@@ -236,8 +237,14 @@ def present_indices(folder: Path) -> np.ndarray:
         names = os.listdir(folder)
     except FileNotFoundError:
         return np.empty(0, dtype=np.int64)
-    found = [int(m.group(1)) for name in names if (m := _ELEMENT.fullmatch(name))]
-    return np.array(sorted(found), dtype=np.int64)
+    listing = "\n".join(names)
+    if listing.count("\n") == len(names) - 1:  # one line a name: one regex pass in C
+        found = _ELEMENT_LINE.findall(listing)
+    else:  # a name with a newline in it (never an element file's)
+        found = [m.group(1) for name in names if (m := _ELEMENT.fullmatch(name))]
+    indices = np.fromiter(map(int, found), dtype=np.int64, count=len(found))
+    indices.sort()
+    return indices
 
 
 # -- reading many elements ------------------------------------------------------------------

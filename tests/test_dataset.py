@@ -658,3 +658,36 @@ def test_many_maps_finishing_together_write_their_netcdf_safely(local_env, tmp_p
         for k in range(6):
             with xr.open_dataset(r.step(f"scale{k}").path / "dataset.nc") as ds:
                 assert ds[f"y{k}"].values.tolist() == [float(x * k) for x in range(40)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["seed", "shapes"])
+def test_the_run_dataset_takes_each_map_from_its_current_dataset_nc(
+    which, seed_run, shapes_run, tmp_path
+) -> None:
+    # The run's dataset.nc is built when the run ends, from the maps' own files: reading
+    # every element again cost seconds for 100,000 elements.  Both ways give one dataset.
+    copy = tmp_path / "run"
+    shutil.copytree((seed_run if which == "seed" else shapes_run).path, copy)
+    assert list((copy / "steps").glob("*/dataset.nc"))  # the engine wrote them
+    from_nc = run_dataset(copy)
+    for nc in (copy / "steps").glob("*/dataset.nc"):
+        nc.unlink()
+    xr.testing.assert_identical(from_nc, run_dataset(copy))
+
+
+@pytest.mark.slow
+def test_a_step_dataset_nc_is_used_only_for_the_ending_it_was_written_for(
+    shapes_run, tmp_path
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(shapes_run.path, copy)
+    step_dir = copy / "steps" / shapes_run.step("add").path.name
+    write_pickle(element_path(step_dir / "return_values" / "z", 1), -7.0)
+    assert run_dataset(copy).z.values[1] == 100 + 1  # dataset.nc is current: taken as is
+    rec = flows.status.StepStatus.load(step_dir)
+    rec.finished = (rec.finished or 0) + 1  # the step ended again (a restart or resume)
+    rec.save(step_dir)
+    assert run_dataset(copy).z.values[1] == -7.0
+    (step_dir / "dataset.nc").write_bytes(b"not netCDF")  # damaged: the elements decide
+    assert run_dataset(copy).z.values[1] == -7.0

@@ -27,6 +27,7 @@ import parsl_flows as flows
 from parsl_flows import step
 from parsl_flows.engine.runner import STOP_SECONDS
 from parsl_flows.errors import InfrastructureError
+from parsl_flows.lock import wait_ended
 from parsl_flows.store import DamagedFileError, element_path, load_pickle
 from parsl_flows.workflow import map_, new_workflow
 
@@ -138,8 +139,7 @@ def driver(tmp_path: Path) -> Iterator[Callable[..., Driver]]:
 def gone_within(procs: list[psutil.Process], seconds: float) -> float:
     """Seconds until every process in ``procs`` has exited; fails after ``seconds``."""
     start = time.monotonic()
-    _, alive = psutil.wait_procs(procs, timeout=seconds)
-    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    alive = wait_ended(procs, seconds)
     assert not alive, [" ".join(p.cmdline()) for p in alive]
     return time.monotonic() - start
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parsl_flows.ranges import compress, expand
+from parsl_flows.ranges import common, compress, expand, unique_indices, without
 
 
 def test_seed_example() -> None:
@@ -41,3 +42,14 @@ def test_bad_text(bad: str) -> None:
 def test_negative_index_rejected() -> None:
     with pytest.raises(ValueError, match="never negative"):
         compress([-1, 2])
+
+
+indices = st.lists(st.integers(0, 50), max_size=40).map(lambda v: np.array(v, dtype=np.int64))
+
+
+@given(indices, indices)
+def test_index_sets_agree_with_numpy(a: np.ndarray, b: np.ndarray) -> None:
+    assert unique_indices(a).tolist() == np.unique(a).tolist()
+    assert common(a, b).tolist() == np.intersect1d(a, b).tolist()
+    assert without(a, b).tolist() == np.setdiff1d(a, b).tolist()
+    assert compress(a) == compress(a.tolist())

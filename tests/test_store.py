@@ -56,8 +56,13 @@ def test_present_indices_ignores_temporary_and_foreign_files(tmp_path: Path) -> 
         write_pickle(element_path(tmp_path, n), n)
     (tmp_path / ".__5__.pickle.123.abc.tmp").write_bytes(b"half")
     (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "x__6__.pickle").write_text("x")
+    (tmp_path / "__7__.pickle.bak").write_text("x")
     assert present_indices(tmp_path).tolist() == [0, 4, 11]
     assert present_indices(tmp_path / "missing").tolist() == []
+    # The listing is parsed as lines: a name holding a newline must not pass for two files.
+    (tmp_path / "__8__.pickle\n__9__.pickle").write_text("x")
+    assert present_indices(tmp_path).tolist() == [0, 4, 11]
 
 
 @pytest.fixture

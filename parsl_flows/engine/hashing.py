@@ -257,11 +257,16 @@ def _combine_on_grid(
         columns.append(np.ascontiguousarray(laid).reshape(n, row))
     rows = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
     width = rows.shape[1]
-    data = rows.tobytes()
+    data = memoryview(rows.tobytes())
     prefix = combine(base, *(a.name for a, _ in per_input))
-    keys = np.empty(n, dtype=KEY_DTYPE)
-    keys[:] = [
-        hashlib.blake2b(data[i * width : (i + 1) * width], digest_size=16, key=prefix).digest()
-        for i in range(n)
-    ]
-    return keys.reshape(shape)
+    blake2b = hashlib.blake2b
+    # About 1 µs an element, most of it this loop: slices of a memoryview copy nothing.
+    digests = b"".join(
+        [
+            blake2b(data[i : i + width], digest_size=16, key=prefix).digest()
+            for i in range(0, n * width, width)
+        ]
+        if width
+        else [blake2b(b"", digest_size=16, key=prefix).digest()] * n
+    )
+    return np.frombuffer(digests, dtype=KEY_DTYPE).copy().reshape(shape)

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import EXIT_CODES, InfrastructureError
 from ..lock import RunLock
 from ..mapspec import ArraySpec, MapSpec, MapSpecError
-from ..ranges import compress
+from ..ranges import common, compress, unique_indices, without
 from ..status import RunRecord, StepStatus
 from ..store import (
     FileBasedObjectArray,
@@ -368,7 +368,7 @@ class Execution:
         if len(have):
             have = self._drop_damaged(step_dir, node.outputs, have, log)
         st.n_done = st.n_reused = len(have)
-        todo = np.setdiff1d(wanted, have)
+        todo = without(wanted, have)
         if len(have) and not st.reused_from:
             log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
         codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
@@ -458,11 +458,11 @@ class Execution:
             else:
                 log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
             # A stale exception would read as this attempt's error if its task is lost.
-            for n in np.intersect1d(todo, present_indices(step_dir / "exception")):
+            for n in common(present_indices(step_dir / "exception"), todo):
                 element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
             self._save(st)
             alone: list[tuple[int, ...]] = [(n,) for n in todo.tolist() if n in suspects]
-            rest = np.setdiff1d(todo, np.array([c[0] for c in alone], dtype=np.int64))
+            rest = without(todo, np.array([c[0] for c in alone], dtype=np.int64))
             results = self._run_tasks(alone, rest, make_task, ChunkSizer(workers, fixed), st, log)
             retry: list[np.ndarray] = []
             for tr in results:
@@ -494,15 +494,16 @@ class Execution:
                 f"{sum(tr.count(INFRASTRUCTURE) for tr in results)} lost to infrastructure"
                 + (f", {not_run} not started (their task was lost)" if not_run else "")
             )
-            todo = np.unique(np.concatenate(retry)) if retry else np.empty(0, np.int64)
+            todo = unique_indices(np.concatenate(retry)) if retry else np.empty(0, np.int64)
         ran = final != NOT_RUN
         failed = ran & (final != OK)
         st.element_codes = {
-            str(c): compress(np.flatnonzero(final == c)) for c in np.unique(final[failed]).tolist()
+            str(c): compress(np.flatnonzero(final == c))
+            for c in unique_indices(final[failed]).tolist()
         }
         st.element_attempts = {
             str(t): compress(np.flatnonzero(ran & (tries == t)))
-            for t in np.unique(tries[ran]).tolist()
+            for t in unique_indices(tries[ran]).tolist()
         }
         exhausted = node.max_restarts > 1 and bool(
             (failed & (user_tries >= node.max_restarts)).any()
@@ -540,7 +541,7 @@ class Execution:
             f"{len(damaged)} element file(s) were damaged (truncated or overwritten) and are "
             f"computed again: elements {compress(np.array(sorted(damaged)))}"
         )
-        return np.setdiff1d(have, np.array(sorted(damaged), dtype=np.int64))
+        return without(have, np.array(sorted(damaged), dtype=np.int64))
 
     # -- keys and reuse --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ranges import common, without
 from ..status import RunRecord
 from ..store import element_path, is_intact, present_indices
 
@@ -99,7 +100,7 @@ def present_elements(step_dir: Path, outputs: Iterable[str], wanted: np.ndarray)
     """The wanted elements that have every output in the store."""
     have = wanted
     for out in outputs:
-        have = np.intersect1d(have, present_indices(step_dir / "return_values" / out))
+        have = common(have, present_indices(step_dir / "return_values" / out))
     return have
 
 
@@ -115,7 +116,7 @@ def take_from_run(
     origin = origin_step_dir(origin_run, step_name)
     if origin is None:
         return None
-    missing = np.setdiff1d(wanted, present_elements(step_dir, outputs, wanted))
+    missing = without(wanted, present_elements(step_dir, outputs, wanted))
     pairs = reusable_elements(origin, outputs, np.atleast_1d(keys), missing)
     link_elements(origin, step_dir, outputs, pairs)
     return len(pairs)
