@@ -33,8 +33,11 @@ median over pairs of (system time / the serial loop time of its pair): the cost 
 scheduling on top of the same work, on this machine.  "µs/elem" divides the time by the
 2n map elements.  "peak MB" is the largest driver ``ru_maxrss`` over the runs; the serial
 loop's is the floor (this script with Parsl, parsl_flows and numpy imported), so the
-differences are what each system holds in memory.  Machines here are noisy: compare
-figures from one invocation, not across days.
+differences are what each system holds in memory.  For parsl_flows, "first s" is the time
+from the ``flows.run`` call to the first element file of the first map (cold: Parsl and its
+workers start inside it), and "helper MB" the peak memory of the helper process that
+writes the ``dataset.nc`` files (``engine/datasets.py``), which is not in the driver's.
+Machines here are noisy: compare figures from one invocation, not across days.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import timeit
 from collections.abc import Callable
@@ -64,6 +68,7 @@ from parsl.dataflow.futures import AppFuture
 import parsl_flows as flows
 from parsl_flows import FileBasedObjectArray
 from parsl_flows.engine.configs import local_config
+from parsl_flows.engine.datasets import dataset_writer
 from parsl_flows.workflow import Map, Workflow, map_, new_workflow
 
 work.make_importable()  # before Parsl starts workers and before any subprocess
@@ -107,13 +112,45 @@ def two_maps(first: Map | None = None) -> Workflow:
     )
 
 
-def run_flow(flow: Workflow, store: Path, **inputs: Any) -> tuple[flows.Run, float]:
-    """Run ``flow`` on the local HTEX; the run and its ``flows.run`` wall time."""
+def run_flow(flow: Workflow, store: Path, **inputs: Any) -> tuple[flows.Run, float, float]:
+    """Run ``flow`` on the local HTEX; the run, its ``flows.run`` wall time, and the time
+    from that call to the first element file of the first map."""
     env = flows.engine.execution_environment(None, "localhost")
     builder = flows.workflow.build(flow.on(env), **inputs)
+    first = FirstFile(store)
     t = time.perf_counter()
+    first.start(t)
     run = flows.run(builder, store=store)
-    return run, time.perf_counter() - t
+    return run, time.perf_counter() - t, first.seconds()
+
+
+class FirstFile(threading.Thread):
+    """Polls (every 5 ms) for the first element file of the first map of a new run."""
+
+    def __init__(self, store: Path) -> None:
+        super().__init__(daemon=True)
+        self.known = set((store / "runs").glob("*")) if (store / "runs").exists() else set()
+        self.store = store
+        self.found: float | None = None
+        self.done = threading.Event()
+
+    def start(self, t0: float) -> None:  # type: ignore[override]
+        self.t0 = t0
+        super().start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for run_dir in set((self.store / "runs").glob("*")) - self.known:
+                for folder in (run_dir / "steps").glob("00-*/return_values/*"):
+                    if any(n.endswith(".pickle") for n in os.listdir(folder)):
+                        self.found = time.perf_counter()
+                        return
+            time.sleep(0.005)
+
+    def seconds(self) -> float:
+        self.done.set()
+        self.join()
+        return float("nan") if self.found is None else self.found - self.t0
 
 
 def flow_mean(run: flows.Run) -> float:
@@ -133,13 +170,13 @@ def warm_up_flows(store: Path, boxed: bool) -> None:
     flow_mean(run_flow(two_maps(), store, V_left=v_left, V_right=v_right, boxed=boxed)[0])
 
 
-def flows_once(n: int, boxed: bool, workdir: Path, warm: bool) -> tuple[float, float]:
+def flows_once(n: int, boxed: bool, workdir: Path, warm: bool) -> tuple[float, float, float]:
     store = workdir / "store"
     if warm:
         warm_up_flows(store, boxed)
     v_left, v_right = work.voltages(n)
-    run, seconds = run_flow(two_maps(), store, V_left=v_left, V_right=v_right, boxed=boxed)
-    return seconds, flow_mean(run)
+    run, seconds, first = run_flow(two_maps(), store, V_left=v_left, V_right=v_right, boxed=boxed)
+    return seconds, flow_mean(run), first
 
 
 # -- serial loop and bare Parsl ------------------------------------------------------------
@@ -218,6 +255,7 @@ def bare_parsl_once(
 
 def run_only(system: str, n: int, boxed: bool, workdir: Path) -> dict[str, Any]:
     """Run ``system`` once here; its time, mean of c and this process's peak RSS."""
+    extra: dict[str, float] = {}
     if system == "serial":
         seconds, mean = serial_once(n, boxed, workdir)
     elif system == "bare-apps":
@@ -225,11 +263,12 @@ def run_only(system: str, n: int, boxed: bool, workdir: Path) -> dict[str, Any]:
     elif system == "bare-chunked":
         seconds, mean = bare_parsl_once(n, boxed, workdir, chunked)
     elif system in ("flows-cold", "flows-warm"):
-        seconds, mean = flows_once(n, boxed, workdir, warm=system == "flows-warm")
+        seconds, mean, first = flows_once(n, boxed, workdir, warm=system == "flows-warm")
+        extra = {"first_s": first, "helper_mb": dataset_writer.peak_rss_mb}
     else:
         raise ValueError(f"unknown system {system!r}")
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"seconds": seconds, "mean": mean, "peak_mb": peak_kib / 1024}
+    return {"seconds": seconds, "mean": mean, "peak_mb": peak_kib / 1024, **extra}
 
 
 # -- the driver: pairs of subprocesses, then the table ---------------------------------------
@@ -240,6 +279,8 @@ class Figures:
     seconds: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     peak_mb: list[float] = field(default_factory=list)
+    first_s: list[float] = field(default_factory=list)  # parsl_flows: to the first file
+    helper_mb: list[float] = field(default_factory=list)  # parsl_flows: dataset.nc helper
 
 
 def child(system: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -272,6 +313,9 @@ def run_pairs(args: argparse.Namespace, root: Path, systems: list[str]) -> dict[
                 figures[name].seconds.append(r["seconds"])
                 figures[name].ratios.append(r["seconds"] / base["seconds"])
                 figures[name].peak_mb.append(r["peak_mb"])
+                if "first_s" in r:
+                    figures[name].first_s.append(r["first_s"])
+                    figures[name].helper_mb.append(r["helper_mb"])
             print(
                 f"  pair {pair + 1}: serial {base['seconds']:.3f} s, "
                 f"{system} {result['seconds']:.3f} s",
@@ -319,13 +363,15 @@ def print_header(args: argparse.Namespace, root: Path, default_store: bool) -> N
 
 def print_table(figures: dict[str, Figures], n: int, skipped: list[str]) -> None:
     head = f"{'median s':>9} {'vs serial':>10} {'µs/elem':>8} {'peak MB':>8}"
-    print(f"{'system':<24} {head}  runs (s)")
+    print(f"{'system':<24} {head} {'first s':>8} {'helper MB':>9}  runs (s)")
     for system, fig in figures.items():
         median = statistics.median(fig.seconds)
         runs = " ".join(f"{s:.3f}" for s in fig.seconds)
+        first = f"{statistics.median(fig.first_s):8.2f}" if fig.first_s else " " * 8
+        helper = f"{max(fig.helper_mb):9.1f}" if fig.helper_mb else " " * 9
         print(
             f"{SYSTEMS[system]:<24} {median:9.3f} {statistics.median(fig.ratios):9.2f}x "
-            f"{median / (2 * n) * 1e6:8.1f} {max(fig.peak_mb):8.1f}  {runs}"
+            f"{median / (2 * n) * 1e6:8.1f} {max(fig.peak_mb):8.1f} {first} {helper}  {runs}"
         )
     for system in skipped:
         print(f"{SYSTEMS[system]:<24} skipped: n = {n:,} > {PER_APP_LIMIT:,} elements")

@@ -98,7 +98,7 @@ def expected_mean(n: int, boxed: bool) -> float:
 
 
 def one_run(n: int, boxed: bool, store: Path, markers: str) -> dict[str, Any]:
-    run, seconds = mt.run_flow(restart_flow(), store, **inputs(n, boxed, markers))
+    run, seconds, _ = mt.run_flow(restart_flow(), store, **inputs(n, boxed, markers))
     mean = mt.flow_mean(run)  # raises unless exit code 0
     attempts = run.step("f_failing_once").record.element_attempts
     retried = expand(attempts.get(str(ATTEMPTS), ""))  # the elements that took 2 attempts

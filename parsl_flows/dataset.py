@@ -582,16 +582,26 @@ def step_dataset(
     return _with_indexes(ds, layout.indexed(ids))
 
 
-def run_dataset(run: Run | str | os.PathLike[str], *, threads: int | None = None) -> xr.Dataset:
+def run_dataset(
+    run: Run | str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    outcome: tuple[str, int | None] | None = None,
+) -> xr.Dataset:
     """Every map step of a run in one ``xarray.Dataset``; maps share their dimensions.
 
-    Maps that never started (skipped for missing inputs) are left out.
+    Maps that never started (skipped for missing inputs) are left out.  ``outcome`` is
+    the run's status and exit code when ``run.json`` does not hold them yet: the engine
+    writes the run's ``dataset.nc`` before it records the end, so that a finished run
+    always has it.
 
     >>> ds = run_dataset(run)  # doctest: +SKIP
     >>> ds.charge.sel(a=3)  # doctest: +SKIP
     """
     run_dir = Path(run.path if not isinstance(run, str | os.PathLike) else run)
     run_rec = RunRecord.load(run_dir)
+    if outcome is not None:
+        run_rec.status, run_rec.exit_code = outcome
     records = _records(run_dir)
     layout = _Layout(records, _value_loader(run_dir, records))
     variables: dict[str, xr.Variable] = {}
@@ -732,10 +742,15 @@ def write_step_dataset(
         return None
 
 
-def write_run_dataset(run: Run | str | os.PathLike[str], *, threads: int | None = None) -> Path:
+def write_run_dataset(
+    run: Run | str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    outcome: tuple[str, int | None] | None = None,
+) -> Path:
     """Write :func:`run_dataset` to ``<run dir>/dataset.nc`` (as :func:`write_step_dataset`)."""
     run_dir = Path(run.path if not isinstance(run, str | os.PathLike) else run)
-    ds = run_dataset(run_dir, threads=threads)
+    ds = run_dataset(run_dir, threads=threads, outcome=outcome)
     folders = {
         out: f"steps/{rec.dirname}/return_values/{out}"
         for rec in _records(run_dir)

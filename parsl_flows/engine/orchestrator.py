@@ -40,6 +40,7 @@ from ..store import (
 from ..workflow import Call, Map, Workflow, mapped_shape
 from . import stopping
 from .chunking import ChunkSizer
+from .datasets import dataset_writer
 from .hashing import KeyBook, combine, value_key
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
@@ -186,12 +187,10 @@ class Execution:
         record.finished = time.time()
         self.outcome, self.outcome_code = record.status, record.exit_code
         if record.status != "interrupted" and any(isinstance(n, Map) for n in self.workflow.nodes):
-            try:
-                from ..dataset import write_run_dataset
-
-                write_run_dataset(self.run_dir)
-            except Exception as e:  # the results are in the store either way
-                self.log(f"could not write the run's dataset.nc: {type(e).__name__}: {e}")
+            outcome = [record.status, record.exit_code]
+            error = dataset_writer.write("run", self.run_dir, outcome=outcome)
+            if error:  # the results are in the store either way
+                self.log(f"could not write the run's dataset.nc: {error}")
         try:
             record.save(self.run_dir)
         except OSError as e:  # a full or read-only store: the log may still take it
@@ -285,6 +284,11 @@ class Execution:
         except OSError as e:
             logger.warning("[%s:%s] cannot save status.json: %s", self.run_dir.name, st.name, e)
 
+    def _write_step_dataset(self, step_dir: Path) -> None:
+        error = dataset_writer.write("step", step_dir)
+        if error:  # the elements are in the store either way
+            logger.warning("could not write %s: %s", step_dir / "dataset.nc", error)
+
     def step_dir(self, st: StepStatus) -> Path:
         return self.run_dir / "steps" / st.dirname
 
@@ -320,11 +324,9 @@ class Execution:
         st.finished = time.time()
         self._save(st)
         if isinstance(node, Map) and not self.stopping.is_set():
-            from ..dataset import write_step_dataset  # xarray loads in the driver only
-
-            # dataset.nc (it never raises) is written beside the run, not before the steps
-            # that wait for this one: a second or more for a big map.
-            self._datasets.submit(write_step_dataset, self.step_dir(st), quiet=True)
+            # dataset.nc is written beside the run, not before the steps that wait for
+            # this one: a second or more for a big map.
+            self._datasets.submit(self._write_step_dataset, self.step_dir(st))
         if st.state == "skipped":
             verdict = st.message
         else:
