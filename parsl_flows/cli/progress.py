@@ -12,11 +12,11 @@ import shutil
 import time
 from typing import TextIO
 
-from .errors import EXIT_CODES
-from .report import _counts, _duration
-from .run import Run
-from .status import StepStatus
-from .store import FileBasedObjectArray
+from ..errors import EXIT_CODES
+from ..report import _counts, _duration
+from ..run import Run
+from ..status import StepStatus
+from ..store import FileBasedObjectArray
 
 __all__ = ["Follower", "follow", "summary"]
 
