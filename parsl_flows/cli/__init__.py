@@ -5,7 +5,8 @@ Commands start runs (``run``, ``restart``, ``resume``: :mod:`.running`), look at
 (``cleanup``: :mod:`.housekeeping`).  Everything they show is read from the store, so
 they work on runs driven by other processes, detached ones included.  :mod:`.parser` holds
 the words of the command line, :mod:`.inputs` and :mod:`.plans` what it is handed,
-:mod:`.progress` what a followed run looks like.
+:mod:`.progress` and :mod:`.summary` what a followed run looks like (drawn with
+``rich`` on a terminal, plain lines in a pipe).
 
 Exit status: 0 when the run (or the command) ended well, 1 when the run ended with
 failures (or the command failed), 2 for bad usage (a bad file, name, input or option);

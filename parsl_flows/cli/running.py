@@ -24,7 +24,8 @@ from ..workflow import Builder, build
 from .common import PROG, CommandError, UsageError, exit_status, load
 from .inputs import expand, load_inputs, parse_set
 from .plans import load_plan
-from .progress import follow, summary
+from .progress import follow
+from .summary import print_summary
 
 __all__ = ["cmd_restart", "cmd_resume", "cmd_run", "follow_to_end"]
 
@@ -68,7 +69,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"run {run.id} already ended ({run.status}): nothing to resume")
         print(f"(to run it again with other inputs: {PROG} restart {run.id} --set NAME=VALUE)")
         print()
-        print(summary(run))
+        print_summary(run, sys.stdout, tty=sys.stdout.isatty())
         return exit_status(run)
 
     def start() -> Run:
@@ -150,11 +151,11 @@ def follow_to_end(run: Run, tty: bool, owned: bool) -> int:
         # The same stop as a script's or a notebook's Ctrl-C: the run ends 'interrupted'.
         print(f"\ninterrupted: stopping run {run.id}; what finished is kept", file=sys.stderr)
         run.interrupt()
-        print(summary(run))
+        print_summary(run, sys.stdout, tty)
         print(f"\ncarry on: {PROG} resume {run.id}", file=sys.stderr)
         return 130
     print()
-    print(summary(run))
+    print_summary(run, sys.stdout, tty)
     status = exit_status(run)
     if status:
         print(f"\nsee why: {PROG} log {run.id} [STEP]")
