@@ -13,13 +13,16 @@ import html
 import json
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EXIT_CODES
 from .run import Run, StepRun
 from .status import StepStatus
 from .store import default_store
 from .visualize import StepLook, plan_graph, render
+
+if TYPE_CHECKING:  # ipywidgets is optional: see watch()
+    from .widgets import StepBars
 
 __all__ = [
     "ProgressView",
@@ -61,6 +64,15 @@ def _counts(rec: StepStatus) -> str:
     return ", ".join(parts)
 
 
+def _detail(rec: StepStatus) -> str:
+    """What to say of a step: why it was skipped or failed, else its element counts."""
+    if rec.state == "skipped":
+        return f"missing {', '.join(rec.missing_inputs)}" if rec.missing_inputs else rec.message
+    if rec.exit_code not in (None, 0) and rec.kind == "call":
+        return rec.message
+    return _counts(rec)
+
+
 def progress(run: Run) -> str:
     """A text tree: one line per step with its state, exit code and element counts."""
     rec = run.record
@@ -71,12 +83,7 @@ def progress(run: Run) -> str:
     for i, s in enumerate(steps):
         branch = "└──" if i == len(steps) - 1 else "├──"
         exit_txt = "" if s.exit_code is None else f"exit {s.exit_code}"
-        detail = _counts(s)
-        if s.state == "skipped":
-            detail = f"missing {', '.join(s.missing_inputs)}" if s.missing_inputs else s.message
-        elif s.exit_code not in (None, 0) and s.kind == "call":
-            detail = s.message
-        line = f"{branch} {s.name:<{width}}  {s.state:<8}  {exit_txt:<8}  {detail}"
+        line = f"{branch} {s.name:<{width}}  {s.state:<8}  {exit_txt:<8}  {_detail(s)}"
         lines.append(line.rstrip())
     return "\n".join(lines)
 
@@ -136,17 +143,23 @@ class ProgressView:
         return self.text
 
     @property
-    def html(self) -> str:
-        """The HTML table, as a string."""
+    def header(self) -> str:
+        """The HTML line above the table: the workflow, the run and its status, coloured."""
         rec = self.record
         code = "" if rec.exit_code is None else f" (exit code {rec.exit_code})"
         colour = _FILL.get({"finished": "ok", "running": "running"}.get(self.status, "failed"))
-        rows = "".join(_step_row(s) for s in self.steps)
         return (
-            '<div class="parsl-flows-progress">'
             f"<p><b>{html.escape(rec.workflow)}</b> &nbsp; run <code>{html.escape(rec.run_id)}"
             f'</code> &nbsp; <span style="background:{colour};padding:0 4px">'
             f"{html.escape(self.status)}{code}</span></p>"
+        )
+
+    @property
+    def html(self) -> str:
+        """The HTML table, as a string."""
+        rows = "".join(_step_row(s) for s in self.steps)
+        return (
+            f'<div class="parsl-flows-progress">{self.header}'
             '<table><thead><tr><th style="text-align:left">step</th><th>state</th><th>exit</th>'
             '<th style="text-align:left">elements</th><th style="text-align:left">details</th>'
             f"</tr></thead><tbody>{rows}</tbody></table></div>"
@@ -204,14 +217,18 @@ def progress_html(run: Run) -> ProgressView:
 
 
 def watch(run: Run, interval: float = 0.5) -> None:
-    """Show ``run``'s progress live until it ends: an updating table in a notebook.
+    """Show ``run``'s progress live until it ends; in a notebook, leave the final table.
 
+    In a notebook: a bar per step (``ipywidgets``), with its counts, rate and time left,
+    replaced by the :func:`progress_html` table when the run ends (or the wait is
+    interrupted).  Without ``ipywidgets``, that table itself is redrawn until the end.
     Outside a notebook it waits, then prints the progress tree once.
+
+    >>> flows.report.watch(run)                  # doctest: +SKIP
     """
     shell: Any = None
     try:
         from IPython import get_ipython
-        from IPython.display import display
 
         shell = get_ipython()
     except ImportError:
@@ -220,6 +237,48 @@ def watch(run: Run, interval: float = 0.5) -> None:
         run.wait()
         print(progress(run))
         return
+    try:
+        # Optional, and it loads IPython: imported only here, in a kernel, never on workers.
+        from .widgets import StepBars
+    except ImportError:
+        _watch_table(run, interval)
+        return
+    _watch_bars(run, interval, StepBars(progress_html(run).header))
+
+
+def _watch_bars(run: Run, interval: float, bars: StepBars) -> None:
+    """Update ``bars`` until ``run`` ends, then leave the final table in their place."""
+    from IPython.display import display
+
+    def show() -> None:
+        now = time.time()
+        for step in run.steps:
+            try:
+                rec = step.record
+            except (FileNotFoundError, ValueError):
+                continue  # being rewritten this instant
+            bars.update(rec, _detail(rec), now)
+
+    view = progress_html(run)
+    show()
+    handle = display(bars.bundle(view.html, view.text), raw=True, display_id=True)
+    try:
+        while True:
+            try:
+                run.wait(timeout=interval)
+                break
+            except TimeoutError:
+                show()
+    finally:  # also on Ctrl-C: the output shows where the run stood, not frozen bars
+        view = progress_html(run)
+        bars.finish(view.html)
+        handle.update(bars.bundle(view.html, view.text), raw=True)
+
+
+def _watch_table(run: Run, interval: float) -> None:
+    """Redraw the :func:`progress_html` table until ``run`` ends (no ``ipywidgets``)."""
+    from IPython.display import display
+
     handle = display(progress_html(run), display_id=True)
     while True:
         try:

@@ -23,7 +23,8 @@ from helpers import assert_usage_error, cli, wait_for
 
 import parsl_flows as flows
 from parsl_flows.cli import describe
-from parsl_flows.cli_inputs import UsageError, expand, load_inputs, load_plan, parse_set
+from parsl_flows.cli.inputs import UsageError, expand, load_inputs, parse_set
+from parsl_flows.cli.plans import load_plan
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 300

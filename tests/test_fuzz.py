@@ -30,7 +30,7 @@ from hypothesis.extra import numpy as hnp
 
 import parsl_flows as flows
 from parsl_flows import step
-from parsl_flows.cli_inputs import UsageError, expand, load_inputs, parse_set
+from parsl_flows.cli.inputs import UsageError, expand, load_inputs, parse_set
 from parsl_flows.mapspec import ArraySpec, MapSpec, MapSpecError
 from parsl_flows.workflow import as_mapped_array, build, first, map_, mapped_shape
 

@@ -1,8 +1,9 @@
-"""What the command line is handed: a plan in a file, and its inputs in JSON, YAML or ``--set``.
+"""What the command line is handed as inputs: a JSON or YAML file, and ``--set``.
 
 Everything here runs before anything is submitted, and every problem is a
 :class:`UsageError` whose message names the file, the input or the option at fault, so
 the command line can print it as one line and exit 2 with no run directory created.
+(The plan itself, ``FILE.py:NAME``, is found by :mod:`parsl_flows.cli.plans`.)
 
 Inputs files are JSON (or YAML, when PyYAML is installed).  Text formats have no arrays,
 so a few forms stand for them:
@@ -22,31 +23,17 @@ array([0. , 0.5, 1. ])
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import inspect
 import json
 import os
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engine.pickling import _importable_on_workers
-from .step import Step
-from .workflow import Call, Concurrently, Workflow, first
+from .common import UsageError
 
-__all__ = ["UsageError", "expand", "load_inputs", "load_plan", "parse_set"]
-
-
-class UsageError(Exception):
-    """The command line was used wrongly: a bad file, name, input or option (exit status 2)."""
-
-
-# -- inputs -------------------------------------------------------------------------------
+__all__ = ["UsageError", "expand", "load_inputs", "parse_set"]
 
 _ARRAY_FORMS: dict[str, Callable[..., np.ndarray]] = {
     "linspace": np.linspace,
@@ -316,117 +303,3 @@ def _load_array_file(text: str, base: Path, name: str) -> np.ndarray:
         raise
     except Exception as e:  # numpy and netCDF raise many types for a bad file
         raise UsageError(f"input {name!r}: cannot read {_shown(path)}: {_one_line(e)}") from None
-
-
-# -- plans ----------------------------------------------------------------------------------
-
-
-def load_plan(target: str, default_name: str = "flow") -> Workflow:
-    """The workflow named by ``FILE.py:NAME`` (or ``package.module:NAME``).
-
-    NAME may be a workflow, a step or map (run alone), or a function of no arguments that
-    returns one.  Without ``:NAME``, the file's ``flow`` is used.
-    """
-    source, _, name = target.rpartition(":") if ":" in target else (target, "", "")
-    name = name or default_name
-    namespace, where = _load_source(source)
-    if name not in namespace:
-        public = {k: v for k, v in namespace.items() if not k.startswith("_")}
-        flows = sorted(k for k, v in public.items() if isinstance(v, Workflow))
-        steps = sorted(k for k, v in public.items() if isinstance(v, Step | Call))
-        have = [f"workflows {', '.join(flows)}" if flows else "no workflow"]
-        if steps:
-            have.append(f"steps {', '.join(steps)}")
-        raise UsageError(f"{where} has no {name!r}; it defines {'; '.join(have)}")
-    obj = namespace[name]
-    if inspect.isfunction(obj):
-        required = [
-            p.name
-            for p in inspect.signature(obj).parameters.values()
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-        if required:
-            raise UsageError(
-                f"{where}:{name} is a function of {', '.join(required)}; the command line "
-                "calls it with no arguments, so give them defaults"
-            )
-        try:
-            obj = obj()
-        except Exception as e:  # the user's code: report it, with the traceback on --debug
-            raise UsageError(f"{where}:{name}() raised {type(e).__name__}: {e}") from e
-    if isinstance(obj, Workflow):
-        return obj
-    if isinstance(obj, Step | Call | Concurrently):
-        return first(obj)
-    raise UsageError(
-        f"{where}:{name} is a {type(obj).__name__}, not a workflow (or a step, or a function "
-        "returning a workflow)"
-    )
-
-
-def _load_source(source: str) -> tuple[Mapping[str, Any], str]:
-    """Import a ``.py`` file (as a script would run) or an importable module."""
-    path = Path(source).expanduser()
-    if source.endswith(".py") or path.exists():
-        if not path.is_file():
-            raise UsageError(f"no file {path}")
-        return vars(_import_file(path.resolve())), str(source)
-    try:
-        module = importlib.import_module(source)
-    except ImportError as e:
-        raise UsageError(f"{source!r} is neither a .py file nor an importable module ({e})") from e
-    return vars(module), source
-
-
-def _import_file(path: Path) -> Any:
-    """Run ``path`` as a module whose steps and classes travel to workers by value.
-
-    The file's folder goes first on ``sys.path`` (as for ``python path``), so it can import
-    its neighbours; those neighbours cannot be imported on the workers either, so they too
-    are sent by value.
-    """
-    import cloudpickle
-
-    name = path.stem
-    if not _free_module_name(name, path):
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-        name = f"_parsl_flows_file_{digest}"
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    before = set(sys.modules)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot load {path} as Python")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        del sys.modules[name]
-        raise UsageError(f"{e.filename or path}:{e.lineno}: syntax error: {e.msg}") from e
-    except Exception as e:
-        del sys.modules[name]
-        raise UsageError(f"cannot load {path}: {type(e).__name__}: {e}") from e
-    for new in set(sys.modules) - before:
-        mod = sys.modules.get(new)
-        file = getattr(mod, "__file__", None)
-        if (
-            mod is not None
-            and file
-            and Path(file).resolve().is_relative_to(path.parent)
-            and not _importable_on_workers(mod)  # e.g. a virtualenv inside the project folder
-        ):
-            cloudpickle.register_pickle_by_value(mod)
-    return module
-
-
-def _free_module_name(name: str, path: Path) -> bool:
-    """Can ``path`` be imported under ``name`` without hiding another module of that name?"""
-    if not name.isidentifier() or name in sys.modules:
-        return False
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return False
-    return spec is None or (spec.origin is not None and Path(spec.origin).resolve() == path)

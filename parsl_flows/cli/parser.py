@@ -1,0 +1,251 @@
+"""The argument parser of ``python -m parsl_flows``: every command, its options and examples.
+
+Only the words of the command line live here; each command's work is in the module of its
+group (:mod:`.running`, :mod:`.inspecting`, :mod:`.housekeeping`), found through the
+``handler`` each subparser sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import NoReturn
+
+from .common import PROG
+from .housekeeping import cmd_cleanup
+from .inspecting import cmd_graph, cmd_list, cmd_log, cmd_plan, cmd_status
+from .running import cmd_restart, cmd_resume, cmd_run
+
+__all__ = ["make_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the program and the fix."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"parsl_flows: error: {message} (see '{self.prog} --help')\n")
+
+
+def _examples(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip("\n"), "  ")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of every command (each with its own ``--help`` and examples)."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog=PROG,
+        description="Run parsl_flows workflows and look at their runs.",
+        formatter_class=formatter,
+        epilog=_examples(
+            """
+            python -m parsl_flows run examples/electrostatics.py:flow \\
+                --inputs examples/electrostatics.json
+            python -m parsl_flows list
+            python -m parsl_flows status 2026
+            python -m parsl_flows COMMAND --help
+
+            RUN is a run id, a unique prefix of one, or a run directory. Runs are looked
+            for in --store DIR, else $PARSL_FLOWS_STORE, else ./parsl-flows-store.
+            """
+        ),
+    )
+    _common_options(parser, defaults=True)
+    common = _Parser(add_help=False)
+    _common_options(common, defaults=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_: str, examples: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            parents=[common],
+            formatter_class=formatter,
+            epilog=_examples(examples),
+        )
+        return p
+
+    p = command(
+        "run",
+        "run a workflow from a Python file, showing its progress, then a summary",
+        """
+        python -m parsl_flows run examples/electrostatics.py:flow \\
+            --inputs examples/electrostatics.json
+        python -m parsl_flows run flows.py:flow --inputs inputs.yaml --set mesh_size=0.01
+        python -m parsl_flows run flows.py:make_flow --set 'V_left={"linspace": [0, 1, 10]}'
+        python -m parsl_flows run flows.py:flow --inputs in.json --config configs/local.py
+        python -m parsl_flows run flows.py:flow --inputs in.json --detach
+
+        NAME is a workflow, a step (run on its own), or a function of no arguments that
+        returns a workflow. Inputs files are JSON or YAML mappings; arrays are lists,
+        {"linspace": [0, 1, 10]}, {"arange": [...]}, {"logspace": [...]},
+        {"array": [[...]]}, or the path of a .npy or .nc file.
+        """,
+    )
+    p.add_argument("target", metavar="FILE.py:NAME", help="the file and the name of the plan")
+    _input_options(p)
+    _environment_options(p, "the plan's own, else localhost")
+    _detach_option(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = command(
+        "status",
+        "show a run's progress, or a table of recent runs",
+        """
+        python -m parsl_flows status                   # runs of the last two days
+        python -m parsl_flows status 20261126-1015     # one run (a unique id prefix)
+        python -m parsl_flows status 20261126-1015 --follow
+        """,
+    )
+    p.add_argument("run", metavar="RUN", nargs="?", help="the run (default: list recent runs)")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="follow the run until it ends, then summarise"
+    )
+    p.set_defaults(handler=cmd_status)
+
+    p = command(
+        "log",
+        "print the log of a run, or of one of its steps",
+        """
+        python -m parsl_flows log 20261126-1015
+        python -m parsl_flows log 20261126-1015 modified_electrostatics
+        python -m parsl_flows log 20261126-1015 3      # the step at position 3 (from 0)
+        """,
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("step", metavar="STEP", nargs="?", help="a step name, or its position")
+    p.set_defaults(handler=cmd_log)
+
+    p = command(
+        "graph",
+        "draw a run: its plan, each step coloured by its outcome",
+        """
+        python -m parsl_flows graph 20261126-1015 -o run.png
+        python -m parsl_flows graph 20261126-1015 -o run.svg
+        """,
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="picture file: .png, .svg, .pdf (default RUN.png)"
+    )
+    p.set_defaults(handler=cmd_graph)
+
+    p = command(
+        "plan",
+        "describe a workflow without running it, or draw it with -o",
+        """
+        python -m parsl_flows plan examples/electrostatics.py:flow
+        python -m parsl_flows plan examples/electrostatics.py:flow -o plan.png
+        """,
+    )
+    p.add_argument("target", metavar="FILE.py:NAME")
+    p.add_argument("-o", "--output", metavar="FILE", help="picture file: .png, .svg or .pdf")
+    p.set_defaults(handler=cmd_plan)
+
+    p = command(
+        "list",
+        "list the runs in the store, newest first",
+        """
+        python -m parsl_flows list
+        python -m parsl_flows list --running
+        python -m parsl_flows list --since 2d         # also 12h, 30m, 1w
+        """,
+    )
+    p.add_argument("--running", action="store_true", help="only runs that are still going")
+    p.add_argument("--since", metavar="AGE", help="only runs started this long ago: 2d, 12h, 30m")
+    p.set_defaults(handler=cmd_list)
+
+    p = command(
+        "cleanup",
+        "stop what dead drivers left running: Parsl processes, Slurm blocks, stale locks",
+        """
+        python -m parsl_flows cleanup
+        python -m parsl_flows cleanup --store /scratch/me/parsl-flows-store
+
+        Needed only when a driver died where nothing could follow it (a rebooted login
+        node); runs stay resumable.
+        """,
+    )
+    p.set_defaults(handler=cmd_cleanup)
+
+    p = command(
+        "resume",
+        "carry on a run whose driver died (a killed shell, kernel or node)",
+        """
+        python -m parsl_flows resume 20261126-1015
+        python -m parsl_flows resume 20261126-1015 --detach
+
+        Only what is not in the store yet is computed.
+        """,
+    )
+    p.add_argument("run", metavar="RUN")
+    _detach_option(p)
+    p.set_defaults(handler=cmd_resume)
+
+    p = command(
+        "restart",
+        "run a finished run again, with changed inputs, and follow it like run",
+        """
+        python -m parsl_flows restart 20261126-1015 --set mesh_error=false
+        python -m parsl_flows restart 20261126-1015 --set 'V_limits=[-1, 1]' --detach
+        python -m parsl_flows restart 20261126-1015 --inputs more.json --env threads
+
+        Inputs not given keep the old run's values; the new run goes in the same store.
+        """,
+    )
+    p.add_argument("run", metavar="RUN")
+    _input_options(p)
+    _environment_options(p, "the old run's")
+    _detach_option(p)
+    p.set_defaults(handler=cmd_restart)
+    return parser
+
+
+def _common_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    # Given before or after the command; a subcommand's default must not undo a main one.
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        default=None if defaults else argparse.SUPPRESS,
+        help="the store (default: $PARSL_FLOWS_STORE, else ./parsl-flows-store)",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", metavar="FILE", help="inputs as JSON or YAML (.json/.yaml/.yml)")
+    p.add_argument(
+        "--set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        dest="sets",
+        help="set one input; VALUE is read as JSON, else as a string (repeatable)",
+    )
+
+
+def _environment_options(p: argparse.ArgumentParser, default: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--config", metavar="PATH", help="a Python file defining a Parsl 'config' (configs/*.py)"
+    )
+    group.add_argument(
+        "--env",
+        metavar="NAME",
+        help="a computer: localhost, threads, or one described in "
+        f"~/.config/parsl_flows/computers.toml (default: {default})",
+    )
+
+
+def _detach_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in a background process: print the run id and return at once",
+    )
