@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 from . import engine, mapspec, report, workflow
-from .engine import execution_environment, run, submit
+from .engine import execution_environment
+from .launch import run, submit
 from .mapspec import MapSpec
 from .run import Run, StepRun, load_run
 from .step import Step, step

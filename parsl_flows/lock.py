@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from .store import write_json
+from .files import write_json
 
 __all__ = ["RunLock", "RunLockedError", "driver_alive", "parsl_processes", "stop_processes"]
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .engine.orchestrator import Execution
+from .engine.submit import resume
 from .lock import driver_alive
 from .status import FINAL_RUN_STATES, RunRecord, StepStatus
 from .store import FileBasedObjectArray, default_store, element_path, load_pickle, present_indices
@@ -21,7 +23,6 @@ from .workflow import Builder, Inputs, Workflow
 if TYPE_CHECKING:
     import xarray as xr
 
-    from .engine.orchestrator import Execution
 
 __all__ = ["Namespace", "Run", "StepRun", "StoredValue", "load_run"]
 
@@ -293,9 +294,8 @@ class Run:
         Returns the resumed run at once (``.wait()`` for it).  A run that already ended is
         left alone (a warning says so); a run whose driver is alive is an error.
         """
-        from .engine.submit import resume
-
-        return resume(self)
+        execution = resume(self.path)
+        return self if execution is None else Run(self.path, execution=execution)
 
     def log(self) -> str:
         try:

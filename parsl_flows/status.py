@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .store import read_json, write_json
+from .files import read_json, write_json
 
 __all__ = ["FINAL_RUN_STATES", "RunRecord", "StepStatus"]
 

@@ -18,35 +18,52 @@ A missing element file means the element is masked.  Every write goes to a tempo
 name in the same folder and is renamed, so a crash never leaves a half-written file that
 reads as valid.  Loading pickles runs code: only open stores you trust.
 
-No Parsl here: workers and the driver both use these functions.
+Writing and reading the files is :mod:`parsl_flows.files` (re-exported here); this module
+adds :class:`FileBasedObjectArray`, a map output as users hold it.  No Parsl here: workers
+and the driver both use it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import pickle
-import re
-import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
 import numpy as np
+
+from .files import (
+    MISSING_ELEMENT,
+    STORE_ENV,
+    DamagedFileError,
+    default_store,
+    drop_damaged,
+    dumps,
+    element_index,
+    element_path,
+    is_intact,
+    load_elements,
+    load_pickle,
+    present_indices,
+    read_exception,
+    read_json,
+    write_element,
+    write_json,
+    write_pickle,
+)
 
 if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = [
+    "MISSING_ELEMENT",
+    "STORE_ENV",
     "DamagedFileError",
     "FileBasedObjectArray",
-    "MISSING_ELEMENT",
     "default_store",
     "drop_damaged",
     "dumps",
+    "element_index",
     "element_path",
     "is_intact",
     "load_elements",
@@ -58,262 +75,6 @@ __all__ = [
     "write_json",
     "write_pickle",
 ]
-
-STORE_ENV = "PARSL_FLOWS_STORE"
-_ELEMENT = re.compile(r"__(\d+)__\.pickle")
-_ELEMENT_LINE = re.compile(r"^__(\d+)__\.pickle$", re.MULTILINE)
-
-
-def default_store(store: str | os.PathLike[str] | None = None) -> Path:
-    """The store: ``store`` if given, else ``$PARSL_FLOWS_STORE``, else ``./parsl-flows-store``."""
-    if store is None:
-        store = os.environ.get(STORE_ENV) or "parsl-flows-store"
-    return Path(store).expanduser().resolve()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_element(folder: str, n: int, data: bytes) -> None:
-    """Write element ``n``'s pickled ``data`` into ``folder``, which must exist.
-
-    The worker's hot path: no directory made, no ``Path`` objects, a temporary name of
-    the element's own (two processes never write one element at once; each uses its pid).
-    """
-    path = f"{folder}/__{n}__.pickle"
-    tmp = f"{folder}/.__{n}__.pickle.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# Types whose pickle is the same from pickle and cloudpickle, made many times faster by
-# pickle (exact types: a subclass may be a class of the user's __main__).
-_PLAIN_TYPES = frozenset(
-    {float, int, complex, str, bytes, bool, type(None)}
-    | {np.float64, np.float32, np.int64, np.int32, np.complex128, np.bool_}
-)
-
-
-def dumps(value: Any) -> bytes:
-    """The pickle of ``value``: cloudpickle (lambdas and classes of ``__main__`` travel),
-    or plain pickle for plain numbers and strings, which it writes tens of times faster.
-
-    >>> import pickle
-    >>> pickle.loads(dumps(2.5)), pickle.loads(dumps(lambda: 3))()
-    (2.5, 3)
-    """
-    if type(value) in _PLAIN_TYPES:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(value)
-
-
-def write_pickle(path: Path, value: Any) -> None:
-    """Pickle ``value`` to ``path`` atomically (cloudpickle, so lambdas and classes travel)."""
-    _atomic_write(path, dumps(value))
-
-
-class DamagedFileError(ValueError):
-    """A file of the store cannot be read back: truncated, emptied or overwritten.
-
-    Our own writes are atomic, so this comes from outside: a disk error, a copy cut short,
-    a person editing the store.  The message names the file and, for an element file,
-    the element, and says how to get it computed again.
-    """
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = Path(path)
-        self.element = element_index(self.path)
-        what = f"file {self.path}"
-        if self.element is not None:
-            what = f"element {self.element} of {self.path.parent} (file {self.path})"
-        fix = (
-            "; delete the file, then run.resume() or a restart computes the element again"
-            if self.element is not None
-            else "; delete it, or start a new run"
-        )
-        super().__init__(f"cannot read {what}: it is damaged ({reason}){fix}")
-
-
-# What unpickling a cut or overwritten file raises.  The last few can also come from a
-# user's class rebuilding itself, so they count as damage only when the file is not whole;
-# a class missing where the file is read (ImportError, AttributeError) is never damage.
-_DAMAGE = (pickle.UnpicklingError, EOFError)
-_MAYBE_DAMAGE = (ValueError, IndexError, KeyError, MemoryError, OverflowError)
-
-
-def load_pickle(path: Path) -> Any:
-    """Load one pickle of the store; a damaged file raises :class:`DamagedFileError`."""
-    with open(path, "rb") as f:
-        try:
-            return cloudpickle.load(f)
-        except _DAMAGE as e:
-            raise DamagedFileError(path, f"{type(e).__name__}: {e}") from e
-        except _MAYBE_DAMAGE as e:
-            if is_intact(path):
-                raise
-            raise DamagedFileError(path, f"{type(e).__name__}: {e}") from e
-
-
-def is_intact(path: Path) -> bool:
-    """Whether ``path`` looks whole: not empty, and ending in pickle's STOP opcode.
-
-    One small read instead of unpickling, so that a resume can check every file it keeps;
-    a file cut anywhere short of its end fails it.
-    """
-    try:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == pickle.STOP
-    except OSError:  # empty (cannot seek before the start) or unreadable
-        return False
-
-
-def drop_damaged(folder: Path, indices: np.ndarray) -> list[int]:
-    """Delete the element files of ``indices`` in ``folder`` that are damaged; which ones."""
-    damaged = [int(n) for n in indices.tolist() if not is_intact(element_path(folder, int(n)))]
-    for n in damaged:
-        element_path(folder, n).unlink(missing_ok=True)
-    return damaged
-
-
-def read_exception(path: Path) -> str:
-    """``"Type: message"`` of a stored exception, for logs (never raises)."""
-    try:
-        exc = load_pickle(path)
-    except Exception as e:
-        return f"(its exception file cannot be read: {e})"
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    _atomic_write(path, json.dumps(record, indent=1, default=_json_default).encode())
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        data: dict[str, Any] = json.load(f)
-    return data
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"cannot write {type(x).__name__} to JSON")
-
-
-def element_path(folder: Path, n: int) -> Path:
-    """The file of element ``n`` (C order) in an array folder."""
-    return folder / f"__{n}__.pickle"
-
-
-def element_index(path: Path) -> int | None:
-    """The element number of an element file's path (None for other files)."""
-    m = _ELEMENT.fullmatch(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def present_indices(folder: Path) -> np.ndarray:
-    """The linear indices that have a file in ``folder`` (one directory listing)."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return np.empty(0, dtype=np.int64)
-    listing = "\n".join(names)
-    if listing.count("\n") == len(names) - 1:  # one line a name: one regex pass in C
-        found = _ELEMENT_LINE.findall(listing)
-    else:  # a name with a newline in it (never an element file's)
-        found = [m.group(1) for name in names if (m := _ELEMENT.fullmatch(name))]
-    indices = np.fromiter(map(int, found), dtype=np.int64, count=len(found))
-    indices.sort()
-    return indices
-
-
-# -- reading many elements ------------------------------------------------------------------
-
-#: What :func:`load_elements` gives for an element without a file (callers mask it).
-MISSING_ELEMENT: Any = object()
-_READ_SIZE = 1 << 16
-_BATCH = 512  # element files per thread task: few futures, yet every thread kept busy
-
-
-def _default_threads() -> int:
-    # Reading many small files waits mostly on the filesystem (on a cluster's shared one,
-    # a lot); a few threads per core hide that latency without fighting over the GIL.
-    return min(16, 2 * (os.cpu_count() or 1))
-
-
-def _read_file(path: str) -> bytes:
-    # os.open/os.read skip the buffered file object: about twice as fast as open() for
-    # the small files most elements are.  A regular file returns fewer bytes than asked
-    # only at its end, so one read does for files smaller than the buffer.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, _READ_SIZE)
-        if len(data) < _READ_SIZE:
-            return data
-        parts = [data]
-        while chunk := os.read(fd, _READ_SIZE):
-            parts.append(chunk)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-
-
-def _read_batch(folder: str, indices: list[int]) -> list[Any]:
-    prefix = os.path.join(folder, "__")  # the names element_path gives
-    out: list[Any] = []
-    for n in indices:
-        path = f"{prefix}{n}__.pickle"
-        try:
-            out.append(cloudpickle.loads(_read_file(path)))
-        except FileNotFoundError:
-            out.append(MISSING_ELEMENT)
-        except _DAMAGE as e:
-            raise DamagedFileError(Path(path), f"{type(e).__name__}: {e}") from e
-    return out
-
-
-def load_elements(
-    folder: str | os.PathLike[str], indices: Iterable[int], threads: int | None = None
-) -> list[Any]:
-    """The elements ``indices`` of an array folder, read by ``threads`` threads, in order.
-
-    An element whose file does not exist is :data:`MISSING_ELEMENT`; callers mask it.
-
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> for n in range(3):
-    ...     write_pickle(element_path(folder, n), n * 10)
-    >>> load_elements(folder, [2, 0])
-    [20, 0]
-    """
-    where = os.fspath(folder)
-    idx = [int(i) for i in indices]
-    threads = _default_threads() if threads is None else max(1, int(threads))
-    if threads == 1 or len(idx) <= _BATCH:
-        return _read_batch(where, idx)
-    batches = [idx[k : k + _BATCH] for k in range(0, len(idx), _BATCH)]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-elements") as pool:
-        return [v for batch in pool.map(lambda b: _read_batch(where, b), batches) for v in batch]
 
 
 class FileBasedObjectArray:
@@ -362,7 +123,7 @@ class FileBasedObjectArray:
         return present_indices(self.folder)
 
     def _load(self, n: int) -> Any:
-        value = _read_batch(os.fspath(self.folder), [n])[0]
+        value = load_elements(self.folder, [n], threads=1)[0]
         return np.ma.masked if value is MISSING_ELEMENT else value
 
     def __getitem__(self, key: Any) -> Any:

@@ -38,12 +38,10 @@ def _id(kind: str, name: str) -> str:
 
 def plan_graph(workflow: Workflow, looks: Mapping[str, StepLook] | None = None) -> graphviz.Digraph:
     """The plan as a ``graphviz.Digraph``; ``looks`` colours steps by name (for runs)."""
-    from .workflow import Map
-
     looks = looks or {}
     dot = graphviz.Digraph(name=workflow.name, graph_attr={"rankdir": "TB", "label": workflow.name})
     producers = workflow.producers()
-    mapped_data = {out for n in workflow.nodes if isinstance(n, Map) for out in n.outputs}
+    mapped_data = {out for n in workflow.nodes if n.is_map for out in n.outputs}
     mapped_inputs = workflow.mapped_parameters
     returned = {out for _, out in workflow.returned_outputs}
 
@@ -64,8 +62,8 @@ def plan_graph(workflow: Workflow, looks: Mapping[str, StepLook] | None = None) 
     for node in workflow.nodes:
         label = node.name
         attrs = {"shape": "box"}
-        if isinstance(node, Map):
-            label += f"\n{node.mapspec}"
+        if node.is_map:
+            label += f"\n{getattr(node, 'mapspec', '')}"
             attrs["color"] = MAP_COLOR
             attrs["fontcolor"] = MAP_COLOR
         if node.max_restarts > 1:
@@ -79,11 +77,7 @@ def plan_graph(workflow: Workflow, looks: Mapping[str, StepLook] | None = None) 
         dot.node(_id("step", node.name), label, **attrs)
         for p in node.parameters:
             if p in producers or p in workflow.parameters:
-                edge = (
-                    {"color": MAP_COLOR}
-                    if isinstance(node, Map) and p in node.mapped_parameters
-                    else {}
-                )
+                edge = {"color": MAP_COLOR} if p in node.mapped_parameters else {}
                 dot.edge(_id("data", p), _id("step", node.name), **edge)
         for out in node.outputs:
             dot.edge(_id("step", node.name), _id("data", out))

@@ -21,18 +21,20 @@ Building a plan never runs anything; every method returns a new plan.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from .mapspec import MapSpec, MapSpecError, as_lengths
+from .nodes import Call, Concurrently, Map, _as_node, _check_restarts, concurrently, map_
+from .shapes import as_mapped_array, mapped_shape, nested_shape, validate_inputs
 from .step import Step
+from .visualize import plan_graph, render
 
 __all__ = [
     "Builder",
+    "as_mapped_array",
+    "mapped_shape",
+    "nested_shape",
     "Call",
     "Inputs",
     "Map",
@@ -43,167 +45,6 @@ __all__ = [
     "map_",
     "new_workflow",
 ]
-
-
-# -- nodes ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call of a step on the run's context.
-
-    ``max_restarts`` is the number of attempts in total (1: no restart); ``retry_on``
-    limits which exception types are retried (``None``: all of them).
-    """
-
-    step: Step
-    max_restarts: int = 1
-    retry_on: tuple[type[BaseException], ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.step, Step):
-            raise TypeError(f"expected a step (a function decorated with @step), not {self.step!r}")
-        _check_restarts(self.max_restarts, self.step.name)
-        if self.retry_on is not None:
-            types = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
-            for t in types:
-                if not (isinstance(t, type) and issubclass(t, BaseException)):
-                    raise TypeError(
-                        f"retry_on of step {self.step.name!r} must hold exception types, not {t!r}"
-                    )
-            object.__setattr__(self, "retry_on", types)
-
-    @property
-    def name(self) -> str:
-        return self.step.name
-
-    @property
-    def parameters(self) -> tuple[str, ...]:
-        return self.step.parameters
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return self.step.returns
-
-    @property
-    def is_map(self) -> bool:
-        return False
-
-    def with_step(self, new: Step) -> Call:
-        return dataclasses.replace(self, step=new)
-
-
-@dataclass(frozen=True)
-class Map(Call):
-    """A step mapped over arrays as its ``mapspec`` says; one task per chunk of elements."""
-
-    mapspec: MapSpec = None  # type: ignore[assignment]
-    chunksize: int | str = "auto"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        spec = self.mapspec
-        if isinstance(spec, str):
-            spec = MapSpec.from_string(spec)
-            object.__setattr__(self, "mapspec", spec)
-        if not isinstance(spec, MapSpec):
-            raise TypeError(f"map_ of step {self.step.name!r} needs a mapspec string")
-        unknown = [n for n in spec.input_names if n not in self.step.parameters]
-        if unknown:
-            raise ValueError(
-                f"mapspec '{spec}' maps over {', '.join(map(repr, unknown))}, but step "
-                f"{self.step.name!r} has no such parameter (it takes "
-                f"{', '.join(self.step.parameters) or 'no parameters'})"
-            )
-        if set(spec.output_names) != set(self.step.returns):
-            raise ValueError(
-                f"mapspec '{spec}' names outputs {', '.join(spec.output_names)}, but step "
-                f"{self.step.name!r} returns {', '.join(self.step.returns)}; the outputs of "
-                "the mapspec must be exactly the step's returns"
-            )
-        cs = self.chunksize
-        if cs != "auto" and (isinstance(cs, bool) or not isinstance(cs, int) or cs < 1):
-            raise ValueError(
-                f"chunksize of map {self.step.name!r} must be 'auto' or an int >= 1, not {cs!r}"
-            )
-
-    @property
-    def is_map(self) -> bool:
-        return True
-
-    @property
-    def mapped_parameters(self) -> tuple[str, ...]:
-        return self.mapspec.input_names
-
-
-def _check_restarts(n: Any, owner: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(
-            f"max_restarts of step {owner!r} is the number of attempts in total and must be "
-            f"an int >= 1, not {n!r}"
-        )
-
-
-def map_(
-    step: Step,
-    mapspec: str | MapSpec,
-    *,
-    max_restarts: int = 1,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-    chunksize: int | str = "auto",
-) -> Map:
-    """Map ``step`` over arrays: ``map_(f, "x[i], y[j] -> z[i, j]")``.
-
-    Every element runs independently; failed elements are masked in the output.
-    ``max_restarts`` is the number of attempts in total for failed elements.
-    """
-    if not isinstance(step, Step):
-        raise TypeError(f"map_ needs a step (decorate the function with @step), not {step!r}")
-    spec = mapspec if isinstance(mapspec, MapSpec) else MapSpec.from_string(mapspec)
-    types = retry_on if retry_on is None or isinstance(retry_on, tuple) else (retry_on,)
-    return Map(step, max_restarts, types, spec, chunksize)
-
-
-@dataclass(frozen=True)
-class Concurrently:
-    """Nodes that run side by side; none reads what another writes."""
-
-    nodes: tuple[Call, ...]
-
-
-def concurrently(*steps: Step | Call) -> Concurrently:
-    """Run several steps (or maps) at the same time: ``concurrently(make_mesh, make_materials)``."""
-    if len(steps) < 2:
-        raise ValueError("concurrently() needs at least two steps; use .then(step) for one")
-    nodes = tuple(_as_node(s) for s in steps)
-    seen: dict[str, str] = {}
-    for node in nodes:
-        for out in node.outputs:
-            if out in seen:
-                raise ValueError(
-                    f"concurrently(): {node.name!r} and {seen[out]!r} both produce {out!r}"
-                )
-            seen[out] = node.name
-    for node in nodes:
-        for p in node.parameters:
-            if p in seen and seen[p] != node.name:
-                raise ValueError(
-                    f"concurrently(): {node.name!r} reads {p!r}, which {seen[p]!r} produces; "
-                    f"steps that depend on each other cannot run at the same time, so put "
-                    f"{node.name!r} in a later .then()"
-                )
-    return Concurrently(nodes)
-
-
-def _as_node(x: Any) -> Call:
-    if isinstance(x, Call):
-        return x
-    if isinstance(x, Step):
-        return Call(x)
-    raise TypeError(
-        f"expected a step, map_(...) or concurrently(...), not {x!r}; decorate functions "
-        "with @step first"
-    )
 
 
 # -- the workflow --------------------------------------------------------------------------
@@ -438,8 +279,6 @@ class Workflow:
         Returns a ``graphviz.Digraph``; ``as_png=True`` gives a picture a notebook shows;
         ``filename="plan.png"`` (or .svg, .pdf) writes the picture there.
         """
-        from .visualize import plan_graph, render
-
         return render(plan_graph(self), as_png=as_png, filename=filename)
 
 
@@ -539,163 +378,3 @@ def build(workflow: Workflow, **inputs: Any) -> Builder:
     builder = Builder(workflow, Inputs(inputs))
     builder.validate()
     return builder
-
-
-def validate_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    if workflow.environment is None:
-        raise ValueError(
-            f"workflow {workflow.name!r} has no execution environment; build "
-            f"{workflow.name}.on(env) with env = flows.engine.execution_environment(None, "
-            "'localhost') or another environment"
-        )
-    named = [k for k in inputs if not isinstance(k, str)]
-    if named:  # only possible by editing Builder.kwargs
-        raise TypeError(
-            f"workflow {workflow.name!r}: input names are strings, not {named[0]!r}; "
-            f"it takes: {', '.join(workflow.parameter_order)}"
-        )
-    missing = [
-        p for p in workflow.parameter_order if p in workflow.required_parameters and p not in inputs
-    ]
-    surplus = [k for k in inputs if k not in workflow.parameters]
-    problems = []
-    if missing:
-        problems.append(f"missing input(s) {', '.join(missing)}")
-    if surplus:
-        problems.append(f"unknown input(s) {', '.join(surplus)}")
-    if problems:
-        raise ValueError(
-            f"workflow {workflow.name!r}: {'; '.join(problems)}. It takes: "
-            f"{', '.join(workflow.parameter_order)}"
-        )
-    return map_shapes(workflow, inputs)
-
-
-def map_shapes(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The shape of every map output that can be known from the inputs alone.
-
-    Outputs of plain steps are only known at run time; maps over them are checked then.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    for node in workflow.nodes:
-        if not isinstance(node, Map):
-            continue
-        spec = node.mapspec
-        in_shapes: dict[str, tuple[int, ...]] = {}
-        for arr in spec.inputs:
-            if arr.name in shapes:
-                in_shapes[arr.name] = shapes[arr.name]
-            elif arr.name in inputs:
-                try:
-                    in_shapes[arr.name] = mapped_shape(inputs[arr.name], arr.rank)
-                except ValueError as e:
-                    raise ValueError(f"input {arr.name!r} of map {node.name!r}: {e}") from None
-        if len(in_shapes) < len(spec.inputs):
-            continue
-        try:
-            out = spec.shape(in_shapes)
-        except MapSpecError as e:
-            raise ValueError(f"map {node.name!r}: {e}") from None
-        for name in spec.output_names:
-            shapes[name] = out
-    return shapes
-
-
-def _is_sequence(v: Any) -> bool:
-    return isinstance(v, list | tuple | range)
-
-
-def mapped_shape(value: Any, rank: int) -> tuple[int, ...]:
-    """The shape of a value a map iterates over, checked to have at least ``rank`` axes."""
-    if _is_array_like(value):
-        shape = as_lengths(value.shape)
-        if shape is None:
-            raise ValueError(
-                f"{type(value).__name__} has shape {value.shape!r}, but a shape must be a "
-                "tuple of lengths (ints >= 0); pass a numpy array or a list instead"
-            )
-        if len(shape) < rank:
-            hint = (
-                "; a 0-d array is a single value: map over np.atleast_1d(value), or leave it "
-                "out of the mapspec to give it whole to every element"
-                if not shape
-                else ""
-            )
-            raise ValueError(f"expected an array of rank {rank}, got shape {shape}{hint}")
-        return shape
-    return nested_shape(value, rank)
-
-
-def _is_array_like(value: Any) -> bool:
-    """A numpy array or something with a ``shape`` (xarray, pandas), but no numpy scalar."""
-    return getattr(value, "shape", None) is not None and not np.isscalar(value)
-
-
-def nested_shape(value: Any, rank: int) -> tuple[int, ...]:
-    """The shape of nested lists/tuples, ``rank`` levels deep; ragged nesting is an error."""
-    if not _is_sequence(value):
-        raise ValueError(
-            f"a mapped input must be a list, tuple or numpy array, not {type(value).__name__} "
-            f"({value!r:.60})"
-        )
-    shape: list[int] = []
-    level = [value]
-    for depth in range(rank):
-        lengths = set()
-        for v in level:
-            if not _is_sequence(v):
-                hint = (
-                    "; make the whole input one array (np.stack) instead of a list of arrays"
-                    if isinstance(v, np.ndarray)
-                    else ""
-                )
-                raise ValueError(
-                    f"expected nested sequences {rank} deep, found {type(v).__name__} at depth "
-                    f"{depth}{hint}"
-                )
-            try:
-                lengths.add(len(v))
-            except OverflowError:  # a range longer than sys.maxsize
-                raise ValueError(
-                    f"{v!r:.60} is too long to map over (more than {sys.maxsize} elements)"
-                ) from None
-        if len(lengths) > 1:
-            raise ValueError(f"ragged nesting: lengths {sorted(lengths)} at depth {depth}")
-        shape.append(lengths.pop() if lengths else 0)
-        if depth < rank - 1:
-            if any(isinstance(v, range) and len(v) for v in level):  # never list a long range
-                raise ValueError(
-                    f"expected nested sequences {rank} deep, found int at depth {depth + 1}"
-                )
-            level = [x for v in level for x in v]
-    return tuple(shape)
-
-
-def as_mapped_array(value: Any, rank: int) -> np.ndarray:
-    """``value`` as a numpy array whose first ``rank`` axes are the mapped ones.
-
-    Lists of numbers become numeric arrays; lists of anything else (tuples, objects)
-    become object arrays of exactly ``rank`` dimensions, so a tuple stays one element.
-    """
-    if isinstance(value, np.ndarray):
-        mapped_shape(value, rank)
-        return value
-    if _is_array_like(value):  # xarray, pandas: what build() accepted, the workers can use
-        shape = mapped_shape(value, rank)
-        array = np.asanyarray(value)
-        if array.shape != shape:
-            raise ValueError(
-                f"{type(value).__name__} of shape {shape} is not an array: numpy made one of "
-                f"shape {array.shape} of it; pass a numpy array or a list instead"
-            )
-        return array
-    shape = nested_shape(value, rank)
-    flat: list[Any] = [value]
-    for _ in range(rank):
-        flat = [x for v in flat for x in v]
-    if flat and all(isinstance(x, int | float | complex | np.number) for x in flat):
-        return np.asarray(flat).reshape(shape)
-    arr = np.empty(len(flat), dtype=object)
-    for i, x in enumerate(flat):
-        arr[i] = x
-    return arr.reshape(shape)

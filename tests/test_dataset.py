@@ -91,7 +91,7 @@ def test_anything_else_stays_objects(tmp_path: Path, values: dict) -> None:
 def test_numeric_outputs_too_big_to_hold_stay_lazy_objects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dataset, "MAX_NUMERIC_BYTES", 2 * 12 * 8)  # two (3, 4) float arrays
+    monkeypatch.setattr(dataset.reading, "MAX_NUMERIC_BYTES", 2 * 12 * 8)  # two (3, 4) float arrays
     ds = array_in(tmp_path / "f", {n: np.full((3, 4), n) for n in range(3)}, (3,)).to_xarray()
     assert ds.f.dtype == object and ds.f.dims == ("dim_0",)
     assert ds.f[2].item().tolist() == np.full((3, 4), 2).tolist()

@@ -348,7 +348,7 @@ def test_a_dying_worker_costs_only_the_element_that_killed_it(local_env, store, 
     # Elements that finished before the loss ran once; 8 and 9 (never started) ran once
     # when resubmitted; 7 ran alone on each infrastructure retry.
     assert {x: c for x, c in counts.items() if x != 7} == {x: 1 for x in range(10) if x != 7}
-    assert counts[7] == 1 + flows.engine.orchestrator.INFRA_RETRIES
+    assert counts[7] == 1 + flows.engine.attempts.INFRA_RETRIES
 
 
 # -- damaged element files ---------------------------------------------------------------------
@@ -607,7 +607,7 @@ def test_a_task_whose_result_never_comes_back_is_taken_from_the_store(
     """
     from concurrent.futures import Future
 
-    from parsl_flows.engine import orchestrator
+    from parsl_flows.engine import tasks
     from parsl_flows.engine.worker import OK, USER_ERROR, TaskSpec
 
     r = flows.run(
@@ -620,18 +620,17 @@ def test_a_task_whose_result_never_comes_back_is_taken_from_the_store(
     (step_dir / "return_values" / "y" / "__3__.pickle").rename(
         step_dir / "exception" / "__3__.pickle"
     )  # element 3 now reads as failed
-    execution = orchestrator.Execution.__new__(orchestrator.Execution)
-    execution.stopping = __import__("threading").Event()
-    monkeypatch.setattr(orchestrator, "_STALL_SECONDS", 0.3)
+    monkeypatch.setattr(tasks, "_STALL_SECONDS", 0.3)
     task = TaskSpec("", str(step_dir), (0, 1, 2, 3), (4,), {})
     running = TaskSpec("", str(step_dir), (4,), (5,), {})  # no file: still running
     stuck: Future = Future()
     never: Future = Future()
     lines: list[str] = []
     st = r.step("double").record
-    got = execution._as_completed({stuck: task, never: running}, st, lines.append)
+    following = tasks.StepTasks(st, lambda: None, lambda: None, lambda: None, lines.append)
+    got = following._as_completed({stuck: task, never: running})
     fut, seen = next(got)
     assert fut is stuck and seen is task and not fut.done()
-    codes = [execution._from_store(task, n, st)[0] for n in task.indices]
+    codes = [following._from_store(task, n)[0] for n in task.indices]
     assert codes == [OK, OK, OK, USER_ERROR]
     assert "its result never came back" in lines[0]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.environment import ExecutionEnvironment, execution_environment, from_file
-from ..engine.submit import submit
+from ..launch import submit
 from ..run import Run
 from ..store import default_store
 from ..workflow import Builder, build

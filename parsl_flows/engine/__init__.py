@@ -2,14 +2,11 @@
 
 from .environment import ExecutionEnvironment, execution_environment, from_config, from_file
 from .runner import runner
-from .submit import run, submit
 
 __all__ = [
     "ExecutionEnvironment",
     "execution_environment",
     "from_config",
     "from_file",
-    "run",
     "runner",
-    "submit",
 ]

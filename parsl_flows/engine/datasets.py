@@ -7,8 +7,8 @@ element run's peak, in the process a notebook keeps for hours.  And netCDF4's HD
 not thread-safe: a crash in it took the driver, and every run in it, down.
 
 So one helper process per driver process (``python -m parsl_flows.write_datasets``)
-writes them, one request at a time, in order.  It starts with the first request and
-stays for the driver's later runs (a notebook pays its start once).  It reads a request
+writes them, one request at a time, in order.  It starts when a run with maps starts
+and stays for the driver's later runs (a notebook pays its start once).  It reads a request
 a line from its standard input and answers each on its standard output; it ignores
 Ctrl-C (the driver decides what stops) and ends when its input closes: when the driver
 exits, or dies.  A helper that dies (killed, out of memory) costs the files it was
@@ -67,6 +67,16 @@ class DatasetWriter:
         self.peak_rss_mb = max(self.peak_rss_mb, float(reply.get("peak_rss_mb", 0.0)))
         error = reply.get("error")
         return None if error is None else str(error)
+
+    def start(self) -> None:
+        """Start the helper now, if it is not running, without waiting for it.
+
+        Its start (a Python with xarray and netCDF4 to import: a second or two) then
+        overlaps the run's work instead of delaying the first map's file, or the end of
+        a short run.
+        """
+        with self._lock:
+            self._started()
 
     def close(self) -> None:
         """End the helper (it finishes the file it is writing): at exit, or in tests."""

@@ -96,8 +96,13 @@ def link_elements(
             )
 
 
+def has_every_output(step_dir: Path, outputs: Iterable[str], n: int) -> bool:
+    """Has element ``n`` a file for every output in the store (one ``stat`` each)?"""
+    return all(element_path(step_dir / "return_values" / o, n).exists() for o in outputs)
+
+
 def present_elements(step_dir: Path, outputs: Iterable[str], wanted: np.ndarray) -> np.ndarray:
-    """The wanted elements that have every output in the store."""
+    """The wanted elements that have every output in the store (one listing per output)."""
     have = wanted
     for out in outputs:
         have = common(have, present_indices(step_dir / "return_values" / out))

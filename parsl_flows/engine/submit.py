@@ -1,4 +1,6 @@
-"""Start runs: lay out the run directory, then hand the plan to an orchestrator thread."""
+"""Start and resume executions: lay out the run directory, then hand the plan to an
+orchestrator thread.  What users call (``flows.submit``, ``flows.run``, ``Run.resume``)
+wraps these in :class:`parsl_flows.run.Run` (``parsl_flows/launch.py``)."""
 
 from __future__ import annotations
 
@@ -12,17 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from ..lock import RunLock, RunLockedError
-from ..run import Run
 from ..status import FINAL_RUN_STATES, RunRecord, StepStatus
-from ..store import default_store, write_pickle
-from ..workflow import Builder, Map
+from ..store import default_store, load_pickle, write_pickle
+from ..workflow import Builder, Map, Workflow
 from .environment import ExecutionEnvironment
 from .orchestrator import Execution, StepLog
 from .pickling import register_for_workers
 from .slurm import cancel_jobs
 from .stopping import live_executions
 
-__all__ = ["resume", "run", "submit"]
+__all__ = ["resume", "start"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +33,11 @@ def _new_run_id(name: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}-{uuid.uuid4().hex[:6]}"
 
 
-def submit(
+def start(
     builder: Builder, *, store: str | os.PathLike[str] | None = None, reuse: bool = True
-) -> Run:
-    """Start running ``builder`` in the background and return its :class:`Run` at once.
-
-    The run lives in ``<store>/runs/<run-id>``; ``store`` defaults to
-    ``$PARSL_FLOWS_STORE`` or ``./parsl-flows-store``.  A builder from
-    ``run.get_builder_restart()`` reuses that run's results whose code and inputs did not
-    change, unless ``reuse=False``.
-    """
+) -> Execution:
+    """Lay out a new run of ``builder`` in the store and start its execution (see
+    ``flows.submit``, which wraps it in a ``Run``)."""
     if not isinstance(builder, Builder):
         raise TypeError(
             f"submit() takes a built workflow, flows.workflow.build(flow.on(env), **inputs), "
@@ -110,19 +106,15 @@ def submit(
         run_dir, wf, inputs, statuses, root / "parsl-runinfo", lock=lock, reuse_from=origin
     )
     execution.start()
-    return Run(run_dir, execution=execution)
+    return execution
 
 
-def run(
-    builder: Builder, *, store: str | os.PathLike[str] | None = None, reuse: bool = True
-) -> Run:
-    """Like :func:`submit`, but wait for the run to end before returning it."""
-    return submit(builder, store=store, reuse=reuse).wait()
+def resume(run_dir: Path) -> Execution | None:
+    """Carry on the run in ``run_dir`` in this process (see ``Run.resume``).
 
-
-def resume(run: Run) -> Run:
-    """Carry on ``run`` in this process; see :meth:`Run.resume`."""
-    record = run.record
+    None, with a warning, when the run already ended: there is nothing to resume.
+    """
+    record = RunRecord.load(run_dir)
     if record.status in FINAL_RUN_STATES - {"interrupted"}:
         logger.warning(
             "run %s already ended (%s, exit code %s): nothing to resume",
@@ -130,23 +122,24 @@ def resume(run: Run) -> Run:
             record.status,
             record.exit_code,
         )
-        return run
-    if any(ex.run_dir == run.path for ex in live_executions()):
+        return None
+    if any(ex.run_dir == run_dir for ex in live_executions()):
         raise RunLockedError(
             f"run {record.run_id} is already being driven by this process (pid {os.getpid()}); "
             "wait for it (run.wait()) or stop it (run.interrupt()), then resume"
         )
-    log = StepLog(run.path / "log.txt")
-    lock = RunLock(run.path, cancel_jobs=cancel_jobs)
+    log = StepLog(run_dir / "log.txt")
+    lock = RunLock(run_dir, cancel_jobs=cancel_jobs)
     lock.acquire(log)  # refuses while the old driver lives; stops its orphans otherwise
-    plan = run.plan
-    inputs = dict(run.inputs)
-    statuses = {s.name: s.record for s in run.steps}
+    plan: Workflow = load_pickle(run_dir / "plan.pickle")
+    inputs = {name: load_pickle(run_dir / "inputs" / f"{name}.pickle") for name in record.inputs}
+    steps = [StepStatus.load(run_dir / "steps" / d) for d in record.steps]
+    statuses = {st.name: st for st in steps}
     record.driver_pid = os.getpid()
     record.driver_host = socket.gethostname()
-    record.save(run.path)
+    record.save(run_dir)
     log(f"resuming in pid {os.getpid()}: only what is not in the store is computed")
-    root = run.path.parents[1]
-    execution = Execution(run.path, plan, inputs, statuses, root / "parsl-runinfo", lock=lock)
+    root = run_dir.parents[1]
+    execution = Execution(run_dir, plan, inputs, statuses, root / "parsl-runinfo", lock=lock)
     execution.start()
-    return Run(run.path, execution=execution)
+    return execution

@@ -18,10 +18,7 @@ This module is imported on workers: it must stay light and importable everywhere
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -33,6 +30,7 @@ import cloudpickle
 import numpy as np
 
 from ..mapspec import MapSpec
+from ..step import MissingOutputError, format_walltime
 from ..store import (
     FileBasedObjectArray,
     dumps,
@@ -41,6 +39,8 @@ from ..store import (
     write_element,
     write_pickle,
 )
+from ..workflow import as_mapped_array
+from .walltime import Deadline, WalltimeExceeded
 
 __all__ = [
     "INFRASTRUCTURE",
@@ -137,8 +137,6 @@ def _cached_load(path: str) -> Any:
 
 
 def _mapped_array(path: str, rank: int) -> np.ndarray:
-    from ..workflow import as_mapped_array
-
     key = (f"{path}#mapped{rank}", os.stat(path).st_mtime)
     arr: np.ndarray = _cached(key, lambda: as_mapped_array(_cached_load(path), rank))
     return arr
@@ -179,81 +177,7 @@ class UnpicklableError(Exception):
         return (UnpicklableError, (self.type_name, self.message, self.remote_traceback))
 
 
-class _WalltimeExceeded(TimeoutError):
-    """Raised into an element's code when it runs past the step's walltime."""
-
-
-def _grace(walltime_s: float) -> float:
-    """How long an element may ignore its TimeoutError before its worker is ended."""
-    return min(60.0, 3.0 + 0.1 * walltime_s)
-
-
-_ACTIVE: list[_Deadline] = []  # the deadline of the element running in the main thread
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    if _ACTIVE and not _ACTIVE[-1].finished:
-        raise _WalltimeExceeded(_ACTIVE[-1].message)
-
-
-class _Deadline:
-    """Stop one element at its walltime, whatever thread runs it.
-
-    In a worker process's main thread (HTEX), SIGALRM raises the TimeoutError, which
-    also interrupts ``sleep`` and blocking I/O; an element that swallows it or is stuck in
-    C code past a grace period gets its exception file written and its worker process
-    ended, and Parsl replaces the worker.  In another thread (the thread pool, in the
-    driver) the error is raised asynchronously, at the element's next Python bytecode.
-    """
-
-    def __init__(self, seconds: float, message: str, hard_stop: Callable[[], None] | None):
-        self.seconds = seconds
-        self.message = message
-        self.hard_stop = hard_stop
-        self.finished = False
-        self.fired = False
-        self._lock = threading.Lock()
-        self._main = threading.current_thread() is threading.main_thread()
-        self._ident = threading.get_ident()
-        delay = seconds + _grace(seconds) if self._main else seconds
-        self._timer = threading.Timer(delay, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        if self._main:
-            if signal.getsignal(signal.SIGALRM) is not _on_alarm:
-                signal.signal(signal.SIGALRM, _on_alarm)
-            _ACTIVE.append(self)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.finished = True
-            self._timer.cancel()
-            if self._main:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                _ACTIVE.remove(self)
-            elif self.fired:  # raised too late to land inside the element: withdraw it
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._ident), None)
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self.finished:
-                return
-            self.fired = True
-            if not self._main:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self._ident), ctypes.py_object(_WalltimeExceeded)
-                )
-            elif self.hard_stop is not None:
-                self.hard_stop()
-
-
 def _walltime_message(step: Any, n: int, task: TaskSpec) -> str:
-    from ..step import format_walltime
-
     seconds = task.walltime_s or 0
     where = f"element {n}" if task.mapspec else "the call"
     return (
@@ -379,8 +303,6 @@ def _run_element(
     that element alone.  A store that cannot take the result (full, read-only) is an
     infrastructure failure (402), and no half-written file is left behind.
     """
-    from ..step import MissingOutputError
-
     step_dir = task.step_dir
     try:
         if task.walltime_s:
@@ -388,14 +310,14 @@ def _run_element(
             in_worker = os.getpid() != task.driver_pid
             exc_file = element_path(Path(step_dir) / "exception", n)
             hard_stop = _end_worker(exc_file, message) if in_worker else None
-            with _Deadline(task.walltime_s, message, hard_stop):
+            with Deadline(task.walltime_s, message, hard_stop):
                 returned = step.callable(**kwargs)
         else:
             returned = step.callable(**kwargs)
         outputs = step.output_values(returned)
     except BaseException as raised:  # SystemExit, KeyboardInterrupt: the element's, not ours
         e = raised
-        if isinstance(e, _WalltimeExceeded):
+        if isinstance(e, WalltimeExceeded):
             e = TimeoutError(_walltime_message(step, n, task))
         code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
         retryable = task.retry_on is None or isinstance(e, task.retry_on)

@@ -1,0 +1,204 @@
+"""Reading one map output from its element files: numbers at once, objects lazily.
+
+Also the per-element errors and attempt counts of a step.  Part of
+:mod:`parsl_flows.dataset`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The documented way to give xarray a lazily read array (see xarray's "How to add a new
+# backend"): a BackendArray wrapped in a LazilyIndexedArray.
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from ..files import (
+    MISSING_ELEMENT,
+    load_elements,
+    present_indices,
+)
+from ..ranges import expand
+from ..status import StepStatus
+
+logger = logging.getLogger(__name__)
+
+#: dtype kinds stored as numbers: bool, int, uint, float, complex.
+_NUMERIC_KINDS = "biufc"
+#: dtype kinds a coordinate may have (numbers, strings, dates), all writable to netCDF.
+#: Numeric outputs larger than this in all stay object-valued (read lazily, left out of
+#: ``dataset.nc``), so building a dataset never fills the driver's memory.
+MAX_NUMERIC_BYTES = 1 << 30
+
+# -- one output as one variable ------------------------------------------------------------
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, np.ndarray):
+        return v.ndim == 0 and v.dtype.kind in _NUMERIC_KINDS
+    return isinstance(v, int | float | complex | np.number | np.bool_)
+
+
+def _stack_numeric(values: list[Any]) -> np.ndarray | None:
+    """``values`` as one numeric array ``(len(values), *element_shape)``, or None if they
+    are not all numbers, or not all numeric arrays of one shape."""
+    first = values[0]
+    if isinstance(first, np.ndarray) and first.ndim > 0:
+        shape = first.shape
+        if all(
+            isinstance(v, np.ndarray) and v.shape == shape and v.dtype.kind in _NUMERIC_KINDS
+            for v in values
+        ):
+            return np.stack(values)
+        return None
+    if not all(_is_number(v) for v in values):
+        return None
+    try:
+        arr = np.asarray(values)
+    except (OverflowError, ValueError):
+        return None
+    return arr if arr.dtype.kind in _NUMERIC_KINDS and arr.ndim == 1 else None
+
+
+def _fill(dtype: np.dtype) -> Any:
+    """What a missing element holds: NaN for floats, 0 or False otherwise."""
+    return np.nan if dtype.kind in "fc" else dtype.type(0)
+
+
+class _ElementFiles(BackendArray):  # type: ignore[misc]
+    """An object-valued output read from its element files only when indexed."""
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], present: np.ndarray) -> None:
+        self.folder = folder
+        self.shape = shape
+        self.dtype = np.dtype(object)
+        self._present = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=bool)
+        self._present[present] = True
+
+    def __getitem__(self, key: Any) -> Any:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._read
+        )
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        linear = np.arange(self._present.size).reshape(self.shape)[key]
+        flat = np.ravel(linear)
+        wanted = flat[self._present[flat]]
+        found = dict(zip(wanted.tolist(), load_elements(self.folder, wanted), strict=True))
+        out = np.empty(flat.size, dtype=object)
+        for pos, n in enumerate(flat.tolist()):
+            v = found.get(n)
+            # Fill one by one: numpy would take list-valued elements apart.
+            out[pos] = None if v is MISSING_ELEMENT else v
+        return out.reshape(np.shape(linear))
+
+
+@dataclass
+class _Output:
+    """One output read from the store: its data (numeric, or object-valued) and mask."""
+
+    data: Any  # np.ndarray, or a lazily read object array
+    mask: np.ndarray
+    element_dims: int = 0
+
+
+def _read_output(folder: Path, shape: tuple[int, ...], threads: int | None) -> _Output:
+    """Read an array folder: numbers at once, objects lazily (their files stay unread)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    present = present_indices(folder)
+    present = present[present < size]
+    mask = np.ones(size, dtype=bool)
+    mask[present] = False
+    if present.size == 0:  # nothing to go by: an all-missing float array
+        return _Output(np.full(shape, np.nan), mask.reshape(shape))
+    first = load_elements(folder, present[:1], threads=1)[0]
+    numeric = _is_number(first) or _is_array_of_numbers(first)
+    if not numeric or np.asarray(first).nbytes * present.size > MAX_NUMERIC_BYTES:
+        return _Output(_lazy(folder, shape, present), mask.reshape(shape))
+    values = load_elements(folder, present, threads)
+    gone = [k for k, v in enumerate(values) if v is MISSING_ELEMENT]
+    if gone:  # deleted since the listing (a resumed step): masked like any missing file
+        mask[present[gone]] = True
+        keep = np.ones(len(values), dtype=bool)
+        keep[gone] = False
+        present = present[keep]
+        values = [v for v in values if v is not MISSING_ELEMENT]
+    if not values:
+        return _Output(np.full(shape, np.nan), mask.reshape(shape))
+    stacked = _stack_numeric(values)
+    if stacked is None:  # mixed: already read, so keep the objects in memory
+        objects = np.empty(size, dtype=object)
+        for n, v in zip(present.tolist(), values, strict=True):
+            objects[n] = v
+        return _Output(objects.reshape(shape), mask.reshape(shape))
+    extra = stacked.shape[1:]
+    data = np.full((size, *extra), _fill(stacked.dtype), dtype=stacked.dtype)
+    data[present] = stacked
+    return _Output(data.reshape(shape + extra), mask.reshape(shape), len(extra))
+
+
+def _is_array_of_numbers(v: Any) -> bool:
+    return isinstance(v, np.ndarray) and v.dtype.kind in _NUMERIC_KINDS
+
+
+def _lazy(folder: Path, shape: tuple[int, ...], present: np.ndarray) -> Any:
+    return indexing.LazilyIndexedArray(_ElementFiles(folder, shape, present))
+
+
+def _from_memory(values: Any) -> _Output:
+    """An in-memory array (numpy, masked or not, or nested lists) as an output."""
+    if not isinstance(values, np.ndarray):
+        values = np.asarray(values)
+    mask = np.ma.getmaskarray(values)
+    data = np.ma.getdata(values)
+    if data.dtype.kind in _NUMERIC_KINDS:
+        data = np.array(data)
+        data[mask] = _fill(data.dtype)
+        return _Output(data, mask)
+    flat = data.ravel()
+    present = np.flatnonzero(~mask.ravel())
+    stacked = _stack_numeric([flat[n] for n in present]) if present.size else None
+    if stacked is None:
+        return _Output(np.array(data), mask)
+    extra = stacked.shape[1:]
+    out = np.full((flat.size, *extra), _fill(stacked.dtype), dtype=stacked.dtype)
+    out[present] = stacked
+    return _Output(out.reshape(data.shape + extra), mask, len(extra))
+
+
+# -- errors and attempts -------------------------------------------------------------------
+
+
+def _describe(exc: Any) -> str:
+    """``"ValueError: message"`` for a stored exception."""
+    if not isinstance(exc, BaseException):
+        return repr(exc)
+    if type(exc).__name__ == "UnpicklableError" and hasattr(exc, "type_name"):
+        return str(exc)  # already "<original type>: <message>"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _errors(step_dir: Path, size: int, threads: int | None) -> np.ndarray:
+    folder = step_dir / "exception"
+    idx = present_indices(folder)
+    idx = idx[idx < size]
+    texts = np.full(size, "", dtype=object)
+    for n, exc in zip(idx.tolist(), load_elements(folder, idx, threads), strict=True):
+        if exc is not MISSING_ELEMENT:
+            texts[n] = _describe(exc)
+    # Python strings, not a fixed-width numpy str array: one long message among 100,000
+    # elements would otherwise cost 100,000 times its length.
+    return texts
+
+
+def _attempts(rec: StepStatus, size: int) -> np.ndarray:
+    out = np.zeros(size, dtype=np.int64)
+    for count, text in rec.element_attempts.items():
+        idx = np.asarray(expand(text), dtype=np.int64)
+        out[idx[idx < size]] = int(count)
+    return out

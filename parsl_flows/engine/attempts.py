@@ -1,0 +1,403 @@
+"""Running one step: which elements to compute, then its attempts, as its policy allows.
+
+A mixin of :class:`~parsl_flows.engine.orchestrator.Execution`: what exists already (in
+the store, or reusable from an earlier run) is taken, the rest is submitted
+(``engine/tasks.py`` follows the tasks), and failed elements are submitted again while
+the step's ``max_restarts`` and ``retry_on`` allow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..mapspec import ArraySpec, MapSpec, MapSpecError
+from ..ranges import common, compress, unique_indices, without
+from ..status import StepStatus
+from ..store import (
+    FileBasedObjectArray,
+    drop_damaged,
+    element_path,
+    load_pickle,
+    present_indices,
+)
+from ..workflow import Call, Map, mapped_shape
+from .chunking import ChunkSizer
+from .hashing import KeyBook, combine
+from .reuse import KEYS_FILE, present_elements, take_from_run
+from .runner import runner
+from .tasks import StepTasks
+from .worker import (
+    INFRASTRUCTURE,
+    MISSING_OUTPUT,
+    NOT_RUN,
+    OK,
+    USER_ERROR,
+    Source,
+    TaskResult,
+    TaskSpec,
+)
+
+__all__ = ["INFRA_RETRIES", "StepAttempts", "exit_code_of"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_LOGGED_FAILURES = 10
+#: Extra attempts for an element lost to infrastructure failures, beyond the user's budget.
+INFRA_RETRIES = 3
+
+
+def exit_code_of(codes: Iterable[int]) -> int:
+    """A step's exit code from its elements': 401 if any raised, else 403, else 402, else 0."""
+    seen = set(codes)
+    for code in (USER_ERROR, MISSING_OUTPUT, INFRASTRUCTURE):
+        if code in seen:
+            return code
+    return OK
+
+
+class StepAttempts:
+    """Runs the elements of one step (mixed into ``Execution``, which provides these)."""
+
+    keys: KeyBook
+    reuse_from: Path | None
+    stopping: threading.Event
+    _values: dict[str, Any]
+    step_dir: Callable[[StepStatus], Path]
+    step_log: Callable[[StepStatus], Callable[[str], None]]
+    _save: Callable[[StepStatus], None]
+    _check_stop: Callable[[], None]
+    _note_helpers: Callable[[], None]
+
+    def _execute_elements(
+        self, node: Call, st: StepStatus, params: dict[str, Source]
+    ) -> dict[str, Source]:
+        """Work out which elements to compute, take what exists, compute the rest."""
+        step_dir = self.step_dir(st)
+        log = self.step_log(st)
+        if isinstance(node, Map):
+            try:
+                shape = node.mapspec.shape(
+                    {a.name: self._shape_of(params[a.name], a) for a in node.mapspec.inputs}
+                )
+            except (MapSpecError, ValueError) as e:
+                st.exit_code = USER_ERROR
+                st.message = f"the mapped inputs do not fit the mapspec: {e}"
+                log(st.message)
+                return {}
+            st.shape = list(shape)
+            wanted = np.flatnonzero(self._submittable(node.mapspec, params, shape).ravel())
+            total = int(np.prod(shape, dtype=np.int64))
+            st.n_inputs_masked = total - len(wanted)
+            if total and not len(wanted):
+                st.state = "skipped"
+                st.message = "skipped: every element has a masked mapped input"
+                log(st.message)
+                return {}
+        else:
+            shape, wanted, total = (), np.array([0]), 1
+        keys = self._element_keys(node, params, shape, log)
+        if keys is not None:
+            np.save(step_dir / KEYS_FILE, keys)
+        self._reuse(node, st, keys, wanted, log)
+        have = present_elements(step_dir, node.outputs, wanted)
+        if len(have):
+            have = self._drop_damaged(step_dir, node.outputs, have, log)
+        st.n_done = st.n_reused = len(have)
+        todo = without(wanted, have)
+        if len(have) and not st.reused_from:
+            log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
+        codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
+        st.exit_code = 410 if exhausted else exit_code_of(codes.values())
+        if isinstance(node, Map):
+            self._log_map_outcome(log, st, shape, codes, messages)
+        else:
+            self._log_call_outcome(log, st, codes.get(0, OK), messages.get(0, ""))
+        if isinstance(node, Map):
+            if st.n_done == 0 and total:
+                self.keys.array.update({out: None for out in node.outputs})
+                return {}
+            self.keys.note_map_outputs(node.outputs, step_dir, keys)
+            return {
+                out: Source("array", str(step_dir / "return_values" / out), shape)
+                for out in node.outputs
+            }
+        if st.exit_code != OK:
+            return {}
+        for out in node.outputs:
+            self.keys.value[out] = None if keys is None else combine(keys.tobytes(), out)
+        return {
+            out: Source("value", str(element_path(step_dir / "return_values" / out, 0)))
+            for out in node.outputs
+        }
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def _attempts(
+        self,
+        node: Call,
+        st: StepStatus,
+        params: dict[str, Source],
+        shape: tuple[int, ...],
+        todo: np.ndarray,
+        log: Callable[[str], None],
+    ) -> tuple[dict[int, int], dict[int, str], bool]:
+        """Submit ``todo``, then resubmit what failed, as the step's restart policy allows.
+
+        Returns the final code and message of each element that failed, and whether some
+        element used up its budget.
+        """
+        step_dir = self.step_dir(st)
+        spec = str(node.mapspec) if isinstance(node, Map) else None
+        fixed: int | None = 1  # a plain call: one task of one element
+        if isinstance(node, Map):
+            fixed = None if node.chunksize == "auto" else int(node.chunksize)
+        assert st.executor is not None
+        workers = runner.worker_count(st.executor)
+
+        def make_task(chunk: tuple[int, ...]) -> TaskSpec:
+            return TaskSpec(
+                str(step_dir / "step.pickle"),
+                str(step_dir),
+                chunk,
+                shape,
+                params,
+                spec,
+                node.retry_on,
+                node.step.resources.walltime_s,
+                os.getpid(),
+            )
+
+        # Per element of the step, as arrays: no per-element Python for elements that succeed.
+        total = max(1, int(np.prod(shape, dtype=np.int64)))
+        tries = np.zeros(total, dtype=np.int32)
+        user_tries = np.zeros(total, dtype=np.int32)
+        infra_tries = np.zeros(total, dtype=np.int32)
+        final = np.full(total, NOT_RUN, dtype=np.int16)  # NOT_RUN: never ran here
+        # Elements that were running when their worker died run alone from then on, so an
+        # element that kills its worker costs only itself.
+        suspects: set[int] = set()
+        messages: dict[int, str] = {}
+        first = len(todo)
+        st.submitted_elements = compress(todo)
+        st.n_submitted = first
+        while len(todo):
+            attempt = len(st.attempts) + 1
+            if not tries.any():  # the first attempt of this execution
+                masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
+                sizes = "tasks sized to the work" if fixed is None else f"tasks of {fixed}"
+                log(
+                    f"attempt {attempt}: submitting {len(todo)} elements{masked} to executor "
+                    f"{st.executor!r} ({workers} workers, {sizes}); "
+                    f"submitted_elements={compress(todo)}"
+                )
+            else:
+                log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
+            # A stale exception would read as this attempt's error if its task is lost.
+            for n in common(present_indices(step_dir / "exception"), todo):
+                element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
+            self._save(st)
+            alone: list[tuple[int, ...]] = [(n,) for n in todo.tolist() if n in suspects]
+            rest = without(todo, np.array([c[0] for c in alone], dtype=np.int64))
+            tasks = StepTasks(st, self._check_stop, lambda: self._save(st), self._note_helpers, log)
+            results = tasks.run(alone, rest, make_task, ChunkSizer(workers, fixed))
+            retry: list[np.ndarray] = []
+            for tr in results:
+                ran = tr.codes != NOT_RUN
+                retry.append(tr.indices[~ran])  # its task was lost before it started: no try
+                idx, codes = tr.indices[ran], tr.codes[ran]
+                tries[idx] += 1
+                final[idx] = codes
+                messages.update({n: m for n, (m, _) in tr.failures.items()})
+                infra = idx[codes == INFRASTRUCTURE]
+                infra_tries[infra] += 1
+                suspects.update(infra.tolist())
+                again = infra[infra_tries[infra] <= INFRA_RETRIES]
+                st.n_infra -= len(again)  # back to "remaining" until the next attempt
+                retry.append(again)
+                user = idx[(codes != OK) & (codes != INFRASTRUCTURE)]
+                user_tries[user] += 1
+                again = np.array(
+                    [n for n in user.tolist() if tr.failures[n][1]], dtype=np.int64
+                )  # retryable: the step's retry_on says so
+                again = again[user_tries[again] < node.max_restarts]
+                st.n_failed -= len(again)
+                retry.append(again)
+            self._record_attempt(st, attempt, todo, results)
+            not_run = sum(tr.count(NOT_RUN) for tr in results)
+            log(
+                f"attempt {attempt}: {sum(tr.count(OK) for tr in results)} succeeded, "
+                f"{sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results)} failed, "
+                f"{sum(tr.count(INFRASTRUCTURE) for tr in results)} lost to infrastructure"
+                + (f", {not_run} not started (their task was lost)" if not_run else "")
+            )
+            todo = unique_indices(np.concatenate(retry)) if retry else np.empty(0, np.int64)
+        ran = final != NOT_RUN
+        failed = ran & (final != OK)
+        st.element_codes = {
+            str(c): compress(np.flatnonzero(final == c))
+            for c in unique_indices(final[failed]).tolist()
+        }
+        st.element_attempts = {
+            str(t): compress(np.flatnonzero(ran & (tries == t)))
+            for t in unique_indices(tries[ran]).tolist()
+        }
+        exhausted = node.max_restarts > 1 and bool(
+            (failed & (user_tries >= node.max_restarts)).any()
+        )
+        failed_codes = {int(n): int(final[n]) for n in np.flatnonzero(failed)}
+        return failed_codes, {n: messages[n] for n in failed_codes}, exhausted
+
+    def _record_attempt(
+        self, st: StepStatus, attempt: int, todo: np.ndarray, results: list[TaskResult]
+    ) -> None:
+        st.attempts.append(
+            {
+                "attempt": attempt,
+                "submitted_elements": compress(todo),
+                "n_submitted": len(todo),
+                "succeeded": sum(tr.count(OK) for tr in results),
+                "failed": sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results),
+                "infrastructure": sum(tr.count(INFRASTRUCTURE) for tr in results),
+            }
+        )
+
+    def _drop_damaged(
+        self, step_dir: Path, outputs: Iterable[str], have: np.ndarray, log: Callable[[str], None]
+    ) -> np.ndarray:
+        """Results already in the store, less damaged files, which are deleted and recomputed."""
+        damaged: set[int] = set()
+        for out in outputs:
+            damaged.update(drop_damaged(step_dir / "return_values" / out, have))
+        if not damaged:
+            return have
+        for n in damaged:  # an element is whole or absent
+            for out in outputs:
+                element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
+        log(
+            f"{len(damaged)} element file(s) were damaged (truncated or overwritten) and are "
+            f"computed again: elements {compress(np.array(sorted(damaged)))}"
+        )
+        return without(have, np.array(sorted(damaged), dtype=np.int64))
+
+    # -- keys and reuse --------------------------------------------------------------------
+
+    def _element_keys(
+        self,
+        node: Call,
+        params: dict[str, Source],
+        shape: tuple[int, ...],
+        log: Callable[[str], None],
+    ) -> np.ndarray | None:
+        """The reuse key of every element (a 0-d array for a plain call), or None."""
+        keys, why = self.keys.node_keys(node, params, shape, self._value)
+        if keys is None and self.reuse_from is not None:
+            log(f"results of this step cannot be reused later: {why}")
+        return keys
+
+    def _reuse(
+        self,
+        node: Call,
+        st: StepStatus,
+        keys: np.ndarray | None,
+        wanted: np.ndarray,
+        log: Callable[[str], None],
+    ) -> None:
+        """Link matching results of the run this one restarts from."""
+        if self.reuse_from is None or keys is None:
+            return
+        taken = take_from_run(
+            self.reuse_from, node.name, list(node.outputs), self.step_dir(st), keys, wanted
+        )
+        if taken is None:
+            return
+        if not taken:
+            log(f"nothing to reuse from run {self.reuse_from.name} (code or inputs changed)")
+            return
+        st.reused_from = self.reuse_from.name
+        log(f"reused {taken} of {len(wanted)} elements from run {self.reuse_from.name}")
+
+    # -- shapes and masks ------------------------------------------------------------------
+
+    def _value(self, src: Source) -> Any:
+        if src.path not in self._values:
+            self._values[src.path] = load_pickle(Path(src.path))
+        return self._values[src.path]
+
+    def _shape_of(self, src: Source, arr: ArraySpec) -> tuple[int, ...]:
+        if src.kind == "array":
+            return src.shape
+        return mapped_shape(self._value(src), arr.rank)
+
+    def _present_mask(self, src: Source, arr: ArraySpec) -> np.ndarray | None:
+        """Where ``arr``'s input has a value, over its ``rank`` mapped axes (None: everywhere)."""
+        if src.kind == "array":
+            present = ~FileBasedObjectArray(src.path, src.shape).mask
+        else:
+            value = self._value(src)
+            if not isinstance(value, np.ma.MaskedArray):
+                return None
+            present = ~np.ma.getmaskarray(value)
+        extra = tuple(range(arr.rank, present.ndim))
+        return np.asarray(present.any(axis=extra) if extra else present)
+
+    def _submittable(
+        self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]
+    ) -> np.ndarray:
+        """Elements whose mapped inputs all exist (``:`` axes need one present value)."""
+        out = np.ones(shape, dtype=bool)
+        for arr in spec.inputs:
+            present = self._present_mask(params[arr.name], arr)
+            if present is None:
+                continue
+            whole = tuple(k for k, a in enumerate(arr.axes) if a is None)
+            if whole:
+                present = np.asarray(present.any(axis=whole))
+            out &= spec.on_output_grid(arr.name, present, shape)
+        return out
+
+    # -- logs ------------------------------------------------------------------------------
+
+    def _log_call_outcome(
+        self, log: Callable[[str], None], st: StepStatus, code: int, message: str
+    ) -> None:
+        if st.exit_code == OK:
+            log(f"finished: outputs {', '.join(st.outputs)} written")
+            return
+        what = {
+            USER_ERROR: "User code raised an Exception",
+            MISSING_OUTPUT: "User code did not return every declared output",
+            INFRASTRUCTURE: "The task was lost to an infrastructure failure",
+        }.get(code, "failed")
+        st.message = message or what
+        log(f"{what} (exit code {st.exit_code}): {st.message}\nreturned the 'exception' output")
+
+    def _log_map_outcome(
+        self,
+        log: Callable[[str], None],
+        st: StepStatus,
+        shape: tuple[int, ...],
+        codes: dict[int, int],
+        messages: dict[int, str],
+    ) -> None:
+        log(
+            f"{st.n_done} elements succeeded ({st.n_reused} of them taken from the store), "
+            f"{st.n_failed} failed in user code, {st.n_infra} lost to infrastructure failures"
+        )
+        failed = sorted(n for n, c in codes.items() if c != OK)
+        if not failed:
+            return
+        kinds = Counter(messages[n].split(":", 1)[0] for n in failed)
+        log("failures by type: " + ", ".join(f"{c} x {k}" for k, c in kinds.most_common()))
+        for n in failed[:_MAX_LOGGED_FAILURES]:
+            log(f"  element {n} {MapSpec.output_key(n, shape)}: {messages[n]}")
+        if len(failed) > _MAX_LOGGED_FAILURES:
+            more = len(failed) - _MAX_LOGGED_FAILURES
+            log(f"  ... and {more} more (see the exception output)")

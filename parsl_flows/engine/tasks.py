@@ -1,0 +1,202 @@
+"""Following the Parsl tasks of one attempt of one step, to their results in the store.
+
+A few tasks per worker are in flight; each finished task's codes are counted into the
+step's record as it comes back.  A task whose worker died is read from the store: what
+finished is kept, the element that was running is the suspect.  A task whose result
+never comes back, although its elements are in the store, is taken from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InfrastructureError
+from ..status import StepStatus
+from ..store import element_path, read_exception, write_pickle
+from .chunking import ChunkSizer
+from .reuse import has_every_output
+from .runner import runner
+from .worker import (
+    INFRASTRUCTURE,
+    MISSING_OUTPUT,
+    NOT_RUN,
+    OK,
+    USER_ERROR,
+    TaskResult,
+    TaskSpec,
+)
+
+__all__ = ["StepTasks"]
+
+# Parsl's names for a task whose worker (or whole worker pool) died under it.
+_LOST = {"WorkerLost": "worker lost", "ManagerLost": "worker pool lost"}
+_FLUSH_SECONDS = 0.5
+#: How often waiting loops look whether the run was told to stop.
+STOP_POLL_SECONDS = 0.25
+#: Without any task finishing for this long, look for tasks finished in the store.
+_STALL_SECONDS = 5.0
+
+
+class StepTasks:
+    """The tasks of one attempt of step ``st``, on its executor.
+
+    ``check_stop`` raises when the run is told to stop; ``save`` writes the step's record
+    (counts as they come); ``note_helpers`` records Parsl's processes and batch jobs in
+    the run's lock; ``log`` writes the step's log.
+    """
+
+    def __init__(
+        self,
+        st: StepStatus,
+        check_stop: Callable[[], None],
+        save: Callable[[], None],
+        note_helpers: Callable[[], None],
+        log: Callable[[str], None],
+    ) -> None:
+        assert st.executor is not None
+        self.st, self.executor = st, st.executor
+        self.check_stop, self.save = check_stop, save
+        self.note_helpers, self.log = note_helpers, log
+
+    def run(
+        self,
+        alone: list[tuple[int, ...]],
+        rest: np.ndarray,
+        make_task: Callable[[tuple[int, ...]], TaskSpec],
+        sizer: ChunkSizer,
+    ) -> list[TaskResult]:
+        """Run the elements of ``alone`` one per task and ``rest`` in tasks that ``sizer``
+        sizes, a few tasks per worker in flight; count elements as they finish."""
+        st, executor = self.st, self.executor
+        futures: dict[Future[TaskResult], TaskSpec] = {}
+        position = 0
+
+        def top_up() -> None:
+            nonlocal position
+            while len(futures) < sizer.in_flight and (alone or position < len(rest)):
+                self.check_stop()
+                if alone:
+                    chunk = alone.pop(0)
+                else:
+                    size = sizer.next_size(len(rest) - position)
+                    chunk = tuple(rest[position : position + size].tolist())
+                    position += size
+                task = make_task(chunk)
+                futures[runner.submit(executor, task)] = task
+
+        top_up()
+        self.note_helpers()
+        results: list[TaskResult] = []
+        last_flush = time.monotonic()
+        for fut, task in self._as_completed(futures):
+            if not fut.done():  # finished in the store, but its result never came back
+                tr = TaskResult.of([(n, *self._from_store(task, n)) for n in task.indices])
+            elif fut.exception() is None:
+                tr = fut.result()
+                sizer.observe(len(task.indices), tr.seconds)
+            else:
+                tr = self._lost(task, fut.exception() or RuntimeError())
+            top_up()
+            if tr.batch_job and tr.batch_job not in st.batch_jobs:
+                st.batch_jobs.append(tr.batch_job)
+            st.n_done += tr.count(OK)
+            st.n_infra += tr.count(INFRASTRUCTURE)
+            st.n_failed += tr.count(USER_ERROR, MISSING_OUTPUT)
+            results.append(tr)
+            if time.monotonic() - last_flush > _FLUSH_SECONDS:
+                self.save()
+                self.note_helpers()
+                last_flush = time.monotonic()
+        return results
+
+    def _as_completed(
+        self, futures: dict[Future[TaskResult], TaskSpec]
+    ) -> Iterator[tuple[Future[TaskResult], TaskSpec]]:
+        """Tasks as they finish, taken out of ``futures`` (which may grow meanwhile);
+        stops when the run is told to.
+
+        A worker that dies just after finishing a task can take the task's result with
+        it: Parsl reports only the task it was running, and the finished one's future
+        never resolves (seen in the soak test, Parsl 2026.10).  Its elements are in the
+        store, though.  So when nothing has finished for a while, pending tasks whose every
+        element has a file are looked at again after the same delay, and if they still
+        look finished, they are taken from the store.
+        """
+        quiet_since = time.monotonic()
+        looked_finished: set[Future[TaskResult]] = set()
+        while futures:
+            finished, _ = wait(list(futures), STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            self.check_stop()
+            now = time.monotonic()
+            if finished:
+                quiet_since = now
+            elif now - quiet_since > _STALL_SECONDS:
+                quiet_since = now
+                in_store = {f for f in futures if self._in_store(futures[f])}
+                for fut in in_store & looked_finished:
+                    self.log(
+                        f"a Parsl task of {len(futures[fut].indices)} element(s) finished on "
+                        "its worker, but its result never came back (its worker died right "
+                        "after it); its elements are taken from the store"
+                    )
+                    yield fut, futures.pop(fut)
+                looked_finished = in_store
+            for fut in finished:
+                yield fut, futures.pop(fut)
+
+    def _in_store(self, task: TaskSpec) -> bool:
+        """Has every element of ``task`` a result or an exception file?
+
+        Elements run in order, so the last one is looked at first: one ``stat`` for a
+        task that is still running.
+        """
+        return all(self._from_store(task, n)[0] != NOT_RUN for n in reversed(task.indices))
+
+    def _from_store(self, task: TaskSpec, n: int) -> tuple[int, str]:
+        """What the store says of element ``n``: OK, USER_ERROR, or NOT_RUN for no file."""
+        step_dir = Path(task.step_dir)
+        if has_every_output(step_dir, self.st.outputs, n):
+            return OK, ""
+        exc_file = element_path(step_dir / "exception", n)
+        if exc_file.exists():
+            return USER_ERROR, read_exception(exc_file)
+        return NOT_RUN, ""
+
+    def _lost(self, task: TaskSpec, exc: BaseException) -> TaskResult:
+        """Results for a task that Parsl reports failed: its worker died, or worse.
+
+        Elements that finished before the failure have their files and count as done.  A
+        worker runs its task's elements in order, so the first one without a result was
+        running when the worker died: it is the suspect (402, retried alone), and those
+        after it never started (retried without counting a try).
+        """
+        cause = _LOST.get(type(exc).__name__, f"task failed in Parsl ({type(exc).__name__})")
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        if type(exc).__name__ in ("BadStateException", "TooManyJobFailuresError"):
+            jobs = runner.batch_jobs(self.executor)
+            cause = "block failed" + (f" (scheduler job(s) {', '.join(jobs)})" if jobs else "")
+        step_dir = Path(task.step_dir)
+        verdicts: list[tuple[int, int, str]] = []
+        # Only a lost worker or pool says where the task stopped; any other failure (a
+        # block that cannot start) hit every element alike.
+        in_order = type(exc).__name__ in _LOST
+        suspect_found = False
+        for n in task.indices:
+            exc_file = element_path(step_dir / "exception", n)
+            code, message = self._from_store(task, n)  # done, failed, or hit its walltime
+            if code != NOT_RUN or suspect_found:
+                verdicts.append((n, code, message))
+            else:
+                suspect_found = in_order
+                error = InfrastructureError(cause, detail)
+                with contextlib.suppress(OSError):  # a full store: the message still counts
+                    write_pickle(exc_file, error)
+                verdicts.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
+        self.log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
+        return TaskResult.of(verdicts)
