@@ -14,23 +14,22 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..mapspec import ArraySpec, MapSpec, MapSpecError
+from ..mapspec import MapSpec, MapSpecError
 from ..ranges import common, compress, unique_indices, without
 from ..status import StepStatus
 from ..store import (
-    FileBasedObjectArray,
     drop_damaged,
     element_path,
-    load_pickle,
     present_indices,
 )
-from ..workflow import Call, Map, mapped_shape
+from ..workflow import Call, Map
 from .chunking import ChunkSizer
+from .datasets import dataset_writer
 from .hashing import KeyBook, combine
+from .inputs import MappedInputs
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
 from .tasks import StepTasks
@@ -63,13 +62,12 @@ def exit_code_of(codes: Iterable[int]) -> int:
     return OK
 
 
-class StepAttempts:
+class StepAttempts(MappedInputs):
     """Runs the elements of one step (mixed into ``Execution``, which provides these)."""
 
     keys: KeyBook
     reuse_from: Path | None
     stopping: threading.Event
-    _values: dict[str, Any]
     step_dir: Callable[[StepStatus], Path]
     step_log: Callable[[StepStatus], Callable[[str], None]]
     _save: Callable[[StepStatus], None]
@@ -124,7 +122,10 @@ class StepAttempts:
             if st.n_done == 0 and total:
                 self.keys.array.update({out: None for out in node.outputs})
                 return {}
-            self.keys.note_map_outputs(node.outputs, step_dir, keys)
+            present = {
+                out: self._present(step_dir / "return_values" / out, total) for out in node.outputs
+            }
+            self.keys.note_map_outputs(node.outputs, present, keys)
             return {
                 out: Source("array", str(step_dir / "return_values" / out), shape)
                 for out in node.outputs
@@ -207,6 +208,8 @@ class StepAttempts:
             alone: list[tuple[int, ...]] = [(n,) for n in todo.tolist() if n in suspects]
             rest = without(todo, np.array([c[0] for c in alone], dtype=np.int64))
             tasks = StepTasks(st, self._check_stop, lambda: self._save(st), self._note_helpers, log)
+            if isinstance(node, Map):  # Parsl and its workers are up once a task is back: the
+                tasks.on_first_result = dataset_writer.start  # helper's start overlaps the map
             results = tasks.run(alone, rest, make_task, ChunkSizer(workers, fixed))
             retry: list[np.ndarray] = []
             for tr in results:
@@ -323,45 +326,6 @@ class StepAttempts:
             return
         st.reused_from = self.reuse_from.name
         log(f"reused {taken} of {len(wanted)} elements from run {self.reuse_from.name}")
-
-    # -- shapes and masks ------------------------------------------------------------------
-
-    def _value(self, src: Source) -> Any:
-        if src.path not in self._values:
-            self._values[src.path] = load_pickle(Path(src.path))
-        return self._values[src.path]
-
-    def _shape_of(self, src: Source, arr: ArraySpec) -> tuple[int, ...]:
-        if src.kind == "array":
-            return src.shape
-        return mapped_shape(self._value(src), arr.rank)
-
-    def _present_mask(self, src: Source, arr: ArraySpec) -> np.ndarray | None:
-        """Where ``arr``'s input has a value, over its ``rank`` mapped axes (None: everywhere)."""
-        if src.kind == "array":
-            present = ~FileBasedObjectArray(src.path, src.shape).mask
-        else:
-            value = self._value(src)
-            if not isinstance(value, np.ma.MaskedArray):
-                return None
-            present = ~np.ma.getmaskarray(value)
-        extra = tuple(range(arr.rank, present.ndim))
-        return np.asarray(present.any(axis=extra) if extra else present)
-
-    def _submittable(
-        self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]
-    ) -> np.ndarray:
-        """Elements whose mapped inputs all exist (``:`` axes need one present value)."""
-        out = np.ones(shape, dtype=bool)
-        for arr in spec.inputs:
-            present = self._present_mask(params[arr.name], arr)
-            if present is None:
-                continue
-            whole = tuple(k for k, a in enumerate(arr.axes) if a is None)
-            if whole:
-                present = np.asarray(present.any(axis=whole))
-            out &= spec.on_output_grid(arr.name, present, shape)
-        return out
 
     # -- logs ------------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ element run's peak, in the process a notebook keeps for hours.  And netCDF4's HD
 not thread-safe: a crash in it took the driver, and every run in it, down.
 
 So one helper process per driver process (``python -m parsl_flows.write_datasets``)
-writes them, one request at a time, in order.  It starts when a run with maps starts
-and stays for the driver's later runs (a notebook pays its start once).  It reads a request
+writes them, one request at a time, in order.  It starts when a map's first task comes
+back (not before: its imports would slow Parsl's own start on a small machine) and stays
+for the driver's later runs (a notebook pays its start once).  It reads a request
 a line from its standard input and answers each on its standard output; it ignores
 Ctrl-C (the driver decides what stops) and ends when its input closes: when the driver
 exits, or dies.  A helper that dies (killed, out of memory) costs the files it was

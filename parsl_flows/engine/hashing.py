@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from types import CodeType, ModuleType
 from typing import Any
 
@@ -19,7 +18,6 @@ import cloudpickle
 import numpy as np
 
 from ..mapspec import ArraySpec, MapSpec
-from ..store import present_indices
 from ..workflow import Call, Map, as_mapped_array
 from .worker import Source
 
@@ -220,17 +218,16 @@ class KeyBook:
         return _combine_on_grid(node.mapspec, base, per_input, shape), ""
 
     def note_map_outputs(
-        self, outputs: Iterable[str], step_dir: Path, keys: np.ndarray | None
+        self, outputs: Iterable[str], present: dict[str, np.ndarray], keys: np.ndarray | None
     ) -> None:
-        """Element keys of a finished map's outputs, masked elements marked missing."""
+        """Element keys of a finished map's outputs, missing elements (``present`` False,
+        flat) marked missing."""
         for out in outputs:
             if keys is None:
                 self.array[out] = None
                 continue
-            present = np.zeros(keys.size, dtype=bool)
-            present[present_indices(step_dir / "return_values" / out)] = True
             marked = keys.reshape(-1).copy()
-            marked[~present] = MISSING_KEY
+            marked[~present[out]] = MISSING_KEY
             self.array[out] = marked.reshape(keys.shape)
 
 

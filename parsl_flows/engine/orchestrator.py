@@ -17,6 +17,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import EXIT_CODES
 from ..lock import RunLock
 from ..status import RunRecord, StepStatus
@@ -91,6 +93,7 @@ class Execution(StepAttempts):
         )
         self.keys = KeyBook()
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
+        self._presence: dict[str, np.ndarray] = {}  # finished maps' outputs, listed once
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
@@ -171,8 +174,6 @@ class Execution(StepAttempts):
     def _schedule(self) -> int:
         wf = self.workflow
         self.log(f"workflow {wf.name!r} started ({len(wf.nodes)} steps)")
-        if any(isinstance(n, Map) for n in wf.nodes):
-            dataset_writer.start()  # its imports overlap the run's work
         runner.executors_for(wf.environment, self.parsl_run_dir)
         self._note_helpers()
         sources: dict[str, Source] = {

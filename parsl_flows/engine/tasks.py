@@ -63,6 +63,8 @@ class StepTasks:
         self.st, self.executor = st, st.executor
         self.check_stop, self.save = check_stop, save
         self.note_helpers, self.log = note_helpers, log
+        #: Called once, when the first task comes back (Parsl and its workers are up then).
+        self.on_first_result: Callable[[], None] | None = None
 
     def run(
         self,
@@ -103,6 +105,9 @@ class StepTasks:
             else:
                 tr = self._lost(task, fut.exception() or RuntimeError())
             top_up()
+            if self.on_first_result is not None:
+                self.on_first_result()
+                self.on_first_result = None
             if tr.batch_job and tr.batch_job not in st.batch_jobs:
                 st.batch_jobs.append(tr.batch_job)
             st.n_done += tr.count(OK)
