@@ -12,9 +12,11 @@ process writes it; bare Parsl apps made of these functions travel by reference a
 The parsl_flows steps stay in the benchmark scripts (``__main__``), which parsl_flows ships
 by value; they call into this module.
 
-Element files are named and written as the parsl_flows store writes them: ``__<k>__.pickle``
-for the element of linear (C order) index ``k``, cloudpickle to a temporary name in the same
-folder, then ``os.replace``.
+Element files are named, written and read by the parsl_flows store's own functions
+(``parsl_flows.files``), exactly as its workers do: ``__<k>__.pickle`` for the element of
+linear (C order) index ``k``, plain pickle for floats and cloudpickle otherwise, to a
+temporary name in the same folder, then ``os.replace``.  So every system pays the same
+per-element file cost, and the differences are the scheduling's.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ import math
 import os
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
+from parsl_flows import files
 
 HERE = Path(__file__).resolve().parent
 SPIN = 12  # rounds of _spin: about 1 µs per call of f or g on a 2020s x86 core
@@ -105,33 +106,26 @@ def voltages(n: int) -> tuple[list[float], list[float]]:
 # -- element files -------------------------------------------------------------------------
 
 
-def element_path(folder: str | Path, k: int) -> Path:
-    return Path(folder) / f"__{k}__.pickle"
+def write_element(folder: str, k: int, value: Any) -> None:
+    """Element ``k`` into ``folder`` exactly as a parsl_flows worker writes it."""
+    files.write_element(folder, k, files.dumps(value))
 
 
-def write_element(path: Path, value: Any) -> None:
-    """cloudpickle to a temporary name in the same folder, then rename (as the store does)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(cloudpickle.dumps(value))
-    os.replace(tmp, path)
+def read_element(folder: str, k: int) -> Any:
+    """Element ``k`` of ``folder`` exactly as a parsl_flows worker reads it."""
+    return files.load_elements(folder, [k], threads=1)[0]
 
 
-def read_element(path: str | Path) -> Any:
-    with open(path, "rb") as fh:
-        return cloudpickle.load(fh)
+def e_element(x: float, y: float, boxed: bool, folder: str, k: int) -> str:
+    """Element ``k`` of the first map, written into ``folder``; returns ``folder``."""
+    write_element(folder, k, f(x, y, boxed))
+    return folder
 
 
-def e_element(x: float, y: float, boxed: bool, path: str) -> str:
-    """One element of the first map, written to ``path``; returns ``path``."""
-    write_element(Path(path), f(x, y, boxed))
-    return path
-
-
-def c_element(e_path: str, boxed: bool, path: str) -> str:
-    """One element of the second map, from the first map's file; returns ``path``."""
-    write_element(Path(path), g(read_element(e_path), boxed))
-    return path
+def c_element(e_folder: str, boxed: bool, folder: str, k: int) -> str:
+    """Element ``k`` of the second map, from the first map's file; returns ``folder``."""
+    write_element(folder, k, g(read_element(e_folder, k), boxed))
+    return folder
 
 
 def e_range(
@@ -140,20 +134,20 @@ def e_range(
     """Elements ``start:stop`` (C order) of the first map into ``folder``; returns ``folder``."""
     n_right = len(v_right)
     for k in range(start, stop):
-        e_element(v_left[k // n_right], v_right[k % n_right], boxed, str(element_path(folder, k)))
+        e_element(v_left[k // n_right], v_right[k % n_right], boxed, folder, k)
     return folder
 
 
 def c_range(e_folder: str, boxed: bool, folder: str, start: int, stop: int) -> str:
     """Elements ``start:stop`` of the second map, read from ``e_folder``; returns ``folder``."""
     for k in range(start, stop):
-        c_element(str(element_path(e_folder, k)), boxed, str(element_path(folder, k)))
+        c_element(e_folder, boxed, folder, k)
     return folder
 
 
 def mean_of_files(folder: str, n: int) -> float:
-    """The mean of the ``n`` element files in ``folder``."""
-    return mean_of(read_element(element_path(folder, k)) for k in range(n))
+    """The mean of the ``n`` element files in ``folder``, read as ``to_array()`` reads them."""
+    return mean_of(files.load_elements(folder, range(n)))
 
 
 def chunks(n: int, parts: int) -> list[tuple[int, int]]:

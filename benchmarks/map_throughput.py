@@ -8,7 +8,7 @@ over an outer product of A x B = n elements (A the largest divisor of n <= sqrt(
 100000 is 250 x 400, 2000 is 40 x 50), then ``c[a, b] = g(e[a, b])``, then the mean of
 ``c``.  ``f`` and ``g`` cost about 1 µs each (the header prints what they cost here) and
 return a float, or with ``--variant object`` a small frozen dataclass holding the float.
-Every system does the same file work, the parsl_flows store's: one cloudpickle file per
+Every system does the same file work, with the parsl_flows store's own functions: one file per
 element of both maps (temporary name, then ``os.replace``), the second map reading the
 first map's files and the mean reading the second map's files.  The systems:
 
@@ -210,8 +210,8 @@ def per_app(
     futures = []
     for k in range(n):
         x, y = v_left[k // n_right], v_right[k % n_right]
-        e_future = e_app(x, y, boxed, str(work.element_path(e, k)))
-        futures.append(c_app(e_future, boxed, str(work.element_path(c, k))))
+        e_future = e_app(x, y, boxed, e, k)
+        futures.append(c_app(e_future, boxed, c, k))
     for future in futures:
         future.result()
     return python_app(work.mean_of_files, executors=[label])(c, n)

@@ -85,7 +85,7 @@ def main() -> None:
         listed = present_indices(c)
         listing = time.perf_counter() - t
         assert listed.size == args.n
-        expected = work.mean_of(work.read_element(work.element_path(c, k)) for k in range(args.n))
+        expected = work.mean_of_files(str(c), args.n)
         assert mean == expected, (mean, expected)
         for step in ("f_step", "g_step"):
             rec = StepStatus.load(run.step(step).path)

@@ -80,7 +80,7 @@ def serial_once(n: int, rounds: int, workdir: Path) -> float:
     folder.mkdir()
     t = time.perf_counter()
     for k in range(n):
-        work.write_element(work.element_path(folder, k), spin(rounds) + k)
+        work.write_element(str(folder), k, spin(rounds) + k)
     return time.perf_counter() - t
 
 

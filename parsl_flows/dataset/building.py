@@ -16,7 +16,7 @@ import xarray as xr
 
 from ..status import RunRecord, StepStatus
 from .layout import _Layout, _records, _value_loader
-from .netcdf import DATASET_FILE, _stored_values, _write_netcdf
+from .netcdf import DATASET_FILE, _write_netcdf, stored_values
 from .reading import _attempts, _errors, _from_memory, _read_output
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _step_variables(
     shape = tuple(rec.shape or ())
     size = int(np.prod(shape, dtype=np.int64))
     attrs = _attrs(step=rec.name, mapspec=rec.mapspec, exit_code=rec.exit_code)
-    stored = _stored_values(step_dir, rec)
+    stored, stored_errors = stored_values(step_dir, rec)
     out: dict[str, xr.Variable] = {}
     for name in rec.outputs if outputs is None else outputs:
         got = stored.get(name) or _read_output(step_dir / "return_values" / name, shape, threads)
@@ -46,10 +46,11 @@ def _step_variables(
         out[f"{name}_mask"] = xr.Variable(
             tuple(dims), got.mask, attrs={**attrs, "long_name": f"{name} is missing"}
         )
-    errors = stored.get(f"{rec.name}_error")
+    if stored_errors is None:
+        stored_errors = _errors(step_dir, size, threads).reshape(shape)
     out[f"{rec.name}_error"] = xr.Variable(
         tuple(dims),
-        errors.data if errors is not None else _errors(step_dir, size, threads).reshape(shape),
+        stored_errors,
         attrs={**attrs, "long_name": "exception type and message; empty where none"},
     )
     out[f"{rec.name}_attempts"] = xr.Variable(

@@ -29,34 +29,38 @@ NETCDF_LOCK = threading.Lock()
 DATASET_FILE = "dataset.nc"
 
 
-def _stored_values(step_dir: Path, rec: StepStatus) -> dict[str, _Output]:
-    """The numeric outputs and errors of the step's own ``dataset.nc``, if it is current.
+def stored_values(step_dir: Path, rec: StepStatus) -> tuple[dict[str, _Output], np.ndarray | None]:
+    """The numeric outputs and the errors in the step's own ``dataset.nc``, if it is current.
 
     The engine writes each map's ``dataset.nc`` as the map ends; the run's dataset, built
     when the run ends, takes them from there instead of reading every element file a
     second time (seconds for a map of 100,000 elements).  The file is current when it
     was written for this very ending of the step (its ``finished`` and ``state``
     attributes match the step's record): a restart or resume ends the step anew.
-    Outputs kept in pickles, and anything unreadable, are read from the elements.
+    Outputs kept in pickles, and anything unreadable, are read from the elements
+    (``({}, None)``: nothing taken from the file).
     """
     path = step_dir / DATASET_FILE
     if rec.finished is None or not path.exists():
-        return {}
+        return {}, None
     try:
         with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4") as ds:
             if ds.attrs.get("finished") != rec.finished or ds.attrs.get("state") != rec.state:
-                return {}
-            found: dict[str, _Output] = {}
-            for name in [*rec.outputs, f"{rec.name}_error"]:
-                mask = f"{name}_mask"
-                if name in ds.data_vars and (mask in ds.data_vars or name.endswith("_error")):
-                    data = ds[name].values
-                    flags = ds[mask].values if mask in ds.data_vars else np.zeros(0, bool)
-                    found[name] = _Output(data, flags, data.ndim - len(rec.shape or ()))
-            return found
+                return {}, None
+            outputs = {
+                name: _Output(
+                    ds[name].values,
+                    ds[f"{name}_mask"].values,
+                    ds[name].ndim - len(rec.shape or ()),
+                )
+                for name in rec.outputs
+                if name in ds.data_vars and f"{name}_mask" in ds.data_vars
+            }
+            error = f"{rec.name}_error"
+            return outputs, ds[error].values if error in ds.data_vars else None
     except Exception:  # a damaged or foreign file: the element files are the truth
         logger.debug("not using %s", path, exc_info=True)
-        return {}
+        return {}, None
 
 
 def _write_netcdf(ds: xr.Dataset, path: Path, folders: dict[str, str]) -> Path:

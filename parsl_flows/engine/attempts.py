@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -191,13 +192,14 @@ class StepAttempts(MappedInputs):
         st.n_submitted = first
         while len(todo):
             attempt = len(st.attempts) + 1
+            submitted = compress(todo)
             if not tries.any():  # the first attempt of this execution
                 masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
                 sizes = "tasks sized to the work" if fixed is None else f"tasks of {fixed}"
                 log(
                     f"attempt {attempt}: submitting {len(todo)} elements{masked} to executor "
                     f"{st.executor!r} ({workers} workers, {sizes}); "
-                    f"submitted_elements={compress(todo)}"
+                    f"submitted_elements={submitted}"
                 )
             else:
                 log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
@@ -205,8 +207,9 @@ class StepAttempts(MappedInputs):
             for n in common(present_indices(step_dir / "exception"), todo):
                 element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
             self._save(st)
-            alone: list[tuple[int, ...]] = [(n,) for n in todo.tolist() if n in suspects]
-            rest = without(todo, np.array([c[0] for c in alone], dtype=np.int64))
+            lone = common(todo, np.fromiter(suspects, dtype=np.int64, count=len(suspects)))
+            alone: list[tuple[int, ...]] = [(n,) for n in lone.tolist()]
+            rest = without(todo, lone)
             tasks = StepTasks(st, self._check_stop, lambda: self._save(st), self._note_helpers, log)
             if isinstance(node, Map):  # Parsl and its workers are up once a task is back: the
                 tasks.on_first_result = dataset_writer.start  # helper's start overlaps the map
@@ -233,12 +236,11 @@ class StepAttempts(MappedInputs):
                 again = again[user_tries[again] < node.max_restarts]
                 st.n_failed -= len(again)
                 retry.append(again)
-            self._record_attempt(st, attempt, todo, results)
+            record = self._record_attempt(st, attempt, todo, submitted, results)
             not_run = sum(tr.count(NOT_RUN) for tr in results)
             log(
-                f"attempt {attempt}: {sum(tr.count(OK) for tr in results)} succeeded, "
-                f"{sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results)} failed, "
-                f"{sum(tr.count(INFRASTRUCTURE) for tr in results)} lost to infrastructure"
+                f"attempt {attempt}: {record['succeeded']} succeeded, {record['failed']} failed, "
+                f"{record['infrastructure']} lost to infrastructure"
                 + (f", {not_run} not started (their task was lost)" if not_run else "")
             )
             todo = unique_indices(np.concatenate(retry)) if retry else np.empty(0, np.int64)
@@ -259,18 +261,24 @@ class StepAttempts(MappedInputs):
         return failed_codes, {n: messages[n] for n in failed_codes}, exhausted
 
     def _record_attempt(
-        self, st: StepStatus, attempt: int, todo: np.ndarray, results: list[TaskResult]
-    ) -> None:
-        st.attempts.append(
-            {
-                "attempt": attempt,
-                "submitted_elements": compress(todo),
-                "n_submitted": len(todo),
-                "succeeded": sum(tr.count(OK) for tr in results),
-                "failed": sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results),
-                "infrastructure": sum(tr.count(INFRASTRUCTURE) for tr in results),
-            }
-        )
+        self,
+        st: StepStatus,
+        attempt: int,
+        todo: np.ndarray,
+        submitted: str,
+        results: list[TaskResult],
+    ) -> dict[str, Any]:
+        """Add the attempt's counts to the step's record, and return them."""
+        record = {
+            "attempt": attempt,
+            "submitted_elements": submitted,
+            "n_submitted": len(todo),
+            "succeeded": sum(tr.count(OK) for tr in results),
+            "failed": sum(tr.count(USER_ERROR, MISSING_OUTPUT) for tr in results),
+            "infrastructure": sum(tr.count(INFRASTRUCTURE) for tr in results),
+        }
+        st.attempts.append(record)
+        return record
 
     def _drop_damaged(
         self, step_dir: Path, outputs: Iterable[str], have: np.ndarray, log: Callable[[str], None]

@@ -161,17 +161,21 @@ class StepTasks:
         Elements run in order, so the last one is looked at first: one ``stat`` for a
         task that is still running.
         """
-        return all(self._from_store(task, n)[0] != NOT_RUN for n in reversed(task.indices))
+        return all(self._stored_code(task, n) != NOT_RUN for n in reversed(task.indices))
 
-    def _from_store(self, task: TaskSpec, n: int) -> tuple[int, str]:
-        """What the store says of element ``n``: OK, USER_ERROR, or NOT_RUN for no file."""
+    def _stored_code(self, task: TaskSpec, n: int) -> int:
+        """OK, USER_ERROR, or NOT_RUN for no file: ``stat`` calls only."""
         step_dir = Path(task.step_dir)
         if has_every_output(step_dir, self.st.outputs, n):
-            return OK, ""
-        exc_file = element_path(step_dir / "exception", n)
-        if exc_file.exists():
-            return USER_ERROR, read_exception(exc_file)
-        return NOT_RUN, ""
+            return OK
+        return USER_ERROR if element_path(step_dir / "exception", n).exists() else NOT_RUN
+
+    def _from_store(self, task: TaskSpec, n: int) -> tuple[int, str]:
+        """What the store says of element ``n``: its code, and its message if it failed."""
+        code = self._stored_code(task, n)
+        if code != USER_ERROR:
+            return code, ""
+        return code, read_exception(element_path(Path(task.step_dir) / "exception", n))
 
     def _lost(self, task: TaskSpec, exc: BaseException) -> TaskResult:
         """Results for a task that Parsl reports failed: its worker died, or worse.

@@ -355,8 +355,7 @@ def _store_failure(step: Any, folder: str, n: int, e: BaseException) -> str:
     message = _describe(e)
     try:
         for out in step.returns:  # an element is whole or absent, never half-written
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{folder}/return_values/{out}/__{n}__.pickle")
+            element_path(Path(folder) / "return_values" / out, n).unlink(missing_ok=True)
         exc_dir = f"{folder}/exception"
         os.makedirs(exc_dir, exist_ok=True)
         write_element(exc_dir, n, _exception_bytes(e))
