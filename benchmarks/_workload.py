@@ -26,6 +26,8 @@ import math
 import os
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -58,8 +60,9 @@ def make_importable() -> None:
 # -- the computation -----------------------------------------------------------------------
 
 
-def _spin(x: float) -> float:
-    for _ in range(SPIN):
+def spin(x: float, rounds: int = SPIN) -> float:
+    """CPU work without allocation: ``rounds`` multiply-adds."""
+    for _ in range(rounds):
         x = x * 0.9990234375 + 0.0009765625
     return x
 
@@ -69,12 +72,12 @@ def as_float(v: Any) -> float:
 
 
 def f(x: float, y: float, boxed: bool) -> Element:
-    v = _spin(x * y + x)
+    v = spin(x * y + x)
     return Value(v) if boxed else v
 
 
 def g(e: Element, boxed: bool) -> Element:
-    v = _spin(as_float(e) + 1.0)
+    v = spin(as_float(e) + 1.0)
     return Value(v) if boxed else v
 
 
@@ -176,3 +179,35 @@ def run_child(cmd: list[str], what: str) -> dict[str, Any]:
         )
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
     return result
+
+
+class FirstFiles(threading.Thread):
+    """When (``time.time()``) the first element file of some steps of a new run appeared.
+
+    ``steps`` are globs of step folder names (``"00-*"``: the first step; ``"*-g_step"``).
+    Polls every 5 ms, each step's folder until it has one file, in the measured process.
+    """
+
+    def __init__(self, store: Path, steps: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.store, self.steps = store, steps
+        self.known = set((store / "runs").glob("*"))
+        self.found: dict[str, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set() and len(self.found) < len(self.steps):
+            for run_dir in set((self.store / "runs").glob("*")) - self.known:
+                for step in self.steps:
+                    if step in self.found:
+                        continue
+                    for folder in (run_dir / "steps").glob(f"{step}/return_values/*"):
+                        with os.scandir(folder) as entries:
+                            if any(e.name.endswith(".pickle") for e in entries):
+                                self.found[step] = time.time()
+            time.sleep(0.005)
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        return self.found

@@ -51,7 +51,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import timeit
 from collections.abc import Callable
@@ -117,40 +116,12 @@ def run_flow(flow: Workflow, store: Path, **inputs: Any) -> tuple[flows.Run, flo
     from that call to the first element file of the first map."""
     env = flows.engine.execution_environment(None, "localhost")
     builder = flows.workflow.build(flow.on(env), **inputs)
-    first = FirstFile(store)
-    t = time.perf_counter()
-    first.start(t)
+    first = work.FirstFiles(store, ["00-*"])
+    first.start()
+    t0, t = time.time(), time.perf_counter()
     run = flows.run(builder, store=store)
-    return run, time.perf_counter() - t, first.seconds()
-
-
-class FirstFile(threading.Thread):
-    """Polls (every 5 ms) for the first element file of the first map of a new run."""
-
-    def __init__(self, store: Path) -> None:
-        super().__init__(daemon=True)
-        self.known = set((store / "runs").glob("*")) if (store / "runs").exists() else set()
-        self.store = store
-        self.found: float | None = None
-        self.done = threading.Event()
-
-    def start(self, t0: float) -> None:  # type: ignore[override]
-        self.t0 = t0
-        super().start()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            for run_dir in set((self.store / "runs").glob("*")) - self.known:
-                for folder in (run_dir / "steps").glob("00-*/return_values/*"):
-                    if any(n.endswith(".pickle") for n in os.listdir(folder)):
-                        self.found = time.perf_counter()
-                        return
-            time.sleep(0.005)
-
-    def seconds(self) -> float:
-        self.done.set()
-        self.join()
-        return float("nan") if self.found is None else self.found - self.t0
+    seconds = time.perf_counter() - t
+    return run, seconds, first.stop().get("00-*", float("nan")) - t0
 
 
 def flow_mean(run: flows.Run) -> float:

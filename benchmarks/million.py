@@ -23,7 +23,6 @@ import argparse
 import os
 import resource
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -33,29 +32,6 @@ import map_throughput as mt
 from parsl_flows.engine.datasets import dataset_writer
 from parsl_flows.status import StepStatus
 from parsl_flows.store import present_indices
-
-
-class FirstFiles(threading.Thread):
-    """When the first element file of each map step of the newest run appeared."""
-
-    def __init__(self, store: Path, steps: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.store, self.steps = store, steps
-        self.known = set((store / "runs").glob("*"))
-        self.found: dict[str, float] = {}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set() and len(self.found) < len(self.steps):
-            for run_dir in set((self.store / "runs").glob("*")) - self.known:
-                for step in self.steps:
-                    if step in self.found:
-                        continue
-                    for folder in (run_dir / "steps").glob(f"*-{step}/return_values/*"):
-                        with os.scandir(folder) as entries:
-                            if any(e.name.endswith(".pickle") for e in entries):
-                                self.found[step] = time.time()
-            time.sleep(0.005)
 
 
 def main() -> None:
@@ -71,12 +47,12 @@ def main() -> None:
         store = root / "store"
         mt.warm_up_flows(store, boxed=False)
         v_left, v_right = work.voltages(args.n)
-        watcher = FirstFiles(store, ["f_step", "g_step"])
+        watcher = work.FirstFiles(store, ["*-f_step", "*-g_step"])
         watcher.start()
         run, seconds, _ = mt.run_flow(
             mt.two_maps(), store, V_left=v_left, V_right=v_right, boxed=False
         )
-        watcher.done.set()
+        found = watcher.stop()
         mean = mt.flow_mean(run)
         e, c = (
             run.step(s).path / "return_values" / o for s, o in (("f_step", "e"), ("g_step", "c"))
@@ -90,7 +66,7 @@ def main() -> None:
         for step in ("f_step", "g_step"):
             rec = StepStatus.load(run.step(step).path)
             assert rec.started is not None and rec.finished is not None
-            setup = watcher.found.get(step, float("nan")) - rec.started
+            setup = found.get(f"*-{step}", float("nan")) - rec.started
             print(f"  {step}: setup {setup:.2f} s, map {rec.finished - rec.started:.1f} s")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"  run: {seconds:.1f} s; driver peak RSS {peak:.0f} MB; dataset.nc helper peak")

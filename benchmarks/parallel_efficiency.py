@@ -46,15 +46,8 @@ work.make_importable()
 WARM_UP = 32
 
 
-def spin(rounds: int) -> float:
-    x = 0.5
-    for _ in range(rounds):
-        x = x * 0.9990234375 + 0.0009765625
-    return x
-
-
 def calibrate(ms: float) -> int:
-    """Rounds of :func:`spin` that take ``ms`` milliseconds here (best of five)."""
+    """Rounds of ``_workload.spin`` that take ``ms`` milliseconds here (best of five)."""
     rounds = 10_000
     best = min(_timed(rounds) for _ in range(5))
     return max(1, round(rounds * ms / 1000 / best))
@@ -62,13 +55,13 @@ def calibrate(ms: float) -> int:
 
 def _timed(rounds: int) -> float:
     t = time.perf_counter()
-    spin(rounds)
+    work.spin(0.5, rounds)
     return time.perf_counter() - t
 
 
 @flows.step(returns="y")
 def busy(k: int, rounds: int) -> float:
-    return spin(rounds) + k
+    return work.spin(0.5, rounds) + k
 
 
 def the_map() -> Workflow:
@@ -80,7 +73,7 @@ def serial_once(n: int, rounds: int, workdir: Path) -> float:
     folder.mkdir()
     t = time.perf_counter()
     for k in range(n):
-        work.write_element(str(folder), k, spin(rounds) + k)
+        work.write_element(str(folder), k, work.spin(0.5, rounds) + k)
     return time.perf_counter() - t
 
 

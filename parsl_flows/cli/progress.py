@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.table import Column
 from rich.text import Text
 
-from ..report import _counts, _duration
+from ..report import _counts, _detail, _duration
 from ..run import Run
 from ..status import FINAL_STEP_STATES, StepStatus
 
@@ -34,11 +34,7 @@ OUTCOME_STYLE = {"ok": "green", "partial": "yellow", "failed": "bold red", "skip
 
 def step_line(rec: StepStatus) -> str:
     """One finished (or skipped) step: outcome, name, exit code and what happened."""
-    detail = _counts(rec)
-    if rec.state == "skipped":
-        detail = f"missing {', '.join(rec.missing_inputs)}" if rec.missing_inputs else rec.message
-    elif rec.exit_code not in (None, 0) and rec.kind == "call":
-        detail = rec.message
+    detail = _detail(rec)
     took = ""
     if rec.started is not None and rec.finished is not None:
         took = _duration(rec.finished - rec.started)
