@@ -37,7 +37,7 @@ from typing import Any
 from parsl_flows import files
 
 HERE = Path(__file__).resolve().parent
-SPIN = 12  # rounds of _spin: about 1 µs per call of f or g on a 2020s x86 core
+SPIN = 12  # rounds of spin: about 1 µs per call of f or g on a 2020s x86 core
 
 
 @dataclass(frozen=True)
