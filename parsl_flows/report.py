@@ -270,6 +270,7 @@ def _watch_bars(run: Run, interval: float, bars: StepBars) -> None:
             except TimeoutError:
                 show()
     finally:  # also on Ctrl-C: the output shows where the run stood, not frozen bars
+        show()  # each row's last state, even of steps that ended since the last poll
         view = progress_html(run)
         bars.finish(view.html)
         handle.update(bars.bundle(view.html, view.text), raw=True)
