@@ -269,6 +269,28 @@ def test_reduction_over_a_plain_step_output(local_env, store):
     assert sums.tolist() == [3.0, 12.0, 21.0, 30.0]
 
 
+@step(returns="kind")
+def kind_of(x: object, y: object) -> str:
+    return f"{type(x).__name__} {type(y).__name__}"
+
+
+def test_elements_get_the_items_of_a_list_as_made_and_numpy_scalars_of_an_array(
+    local_env, store
+):
+    # A list's items keep their types on the workers (a float is not made a numpy.float64,
+    # which computes several times slower in Python); an array gives numpy's own scalars.
+    flow = new_workflow("kinds").then(map_(kind_of, "x[i], y[i] -> kind[i]"))
+    r = run(flow, local_env, store, x=[0.5, 2, 3.5], y=np.array([1.0, 2.0, 3.0]))
+    assert r.exit_code == 0, flows.report.log(r)
+    kinds = r.called[0].outputs.return_values.kind.to_array().tolist()
+    assert kinds == ["float float64", "int float64", "float float64"]
+    grid = new_workflow("nested").then(map_(kind_of, "x[i, j], y[j] -> kind[i, j]"))
+    r = run(grid, local_env, store, x=[[1.5, (1, 2)], [True, None]], y=[1, 2])
+    assert r.exit_code == 0, flows.report.log(r)
+    kinds = r.called[0].outputs.return_values.kind.to_array().tolist()
+    assert kinds == [["float int", "tuple int"], ["bool int", "NoneType int"]]
+
+
 def test_thread_environment_runs_beside_the_local_one(thread_env, local_env, store):
     r1 = run(new_workflow("t").then(make_grid), thread_env, store, n=2)
     r2 = run(new_workflow("h").then(make_grid), local_env, store, n=2)

@@ -31,6 +31,7 @@ import cloudpickle
 import numpy as np
 
 from ..mapspec import MapSpec
+from ..shapes import as_element_array, as_mapped_array
 from ..step import MissingOutputError, format_walltime
 from ..store import (
     FileBasedObjectArray,
@@ -40,7 +41,6 @@ from ..store import (
     write_element,
     write_pickle,
 )
-from ..workflow import as_mapped_array
 from .walltime import Deadline, WalltimeExceeded
 
 __all__ = [
@@ -137,9 +137,15 @@ def _cached_load(path: str) -> Any:
     return _cached((path, os.stat(path).st_mtime), lambda: load_pickle(Path(path)))
 
 
-def _mapped_array(path: str, rank: int) -> np.ndarray:
-    key = (f"{path}#mapped{rank}", os.stat(path).st_mtime)
-    arr: np.ndarray = _cached(key, lambda: as_mapped_array(_cached_load(path), rank))
+def _mapped_array(path: str, rank: int, whole_items: bool) -> np.ndarray:
+    """The value in ``path`` as an array of ``rank`` mapped axes, kept for later tasks.
+
+    ``whole_items``: each element takes one item, which keeps its own type (a float of a
+    list stays a float); else slices are taken, of a numeric array where it can be one.
+    """
+    key = (f"{path}#mapped{rank}{'items' if whole_items else ''}", os.stat(path).st_mtime)
+    convert = as_element_array if whole_items else as_mapped_array
+    arr: np.ndarray = _cached(key, lambda: convert(_cached_load(path), rank))
     return arr
 
 
@@ -217,7 +223,6 @@ def run_task(task: TaskSpec) -> TaskResult:
     mapped = set(spec.input_names) if spec else set()
     broadcast = {name: _whole(src) for name, src in task.sources.items() if name not in mapped}
     getters = _mapped_getters(task, spec)
-    keys = _output_keys(task)
     out_dirs = [(out, os.path.join(task.step_dir, "return_values", out)) for out in step.returns]
     for _, folder in out_dirs:
         os.makedirs(folder, exist_ok=True)
@@ -228,7 +233,7 @@ def run_task(task: TaskSpec) -> TaskResult:
     for k, n in enumerate(task.indices):
         kwargs = dict(broadcast)
         for name, get in getters:
-            kwargs[name] = get(keys[k])
+            kwargs[name] = get(k)
         code, message, retryable = _run_element(task, step, kwargs, out_dirs, n)
         if code:
             codes[k] = code
@@ -238,65 +243,62 @@ def run_task(task: TaskSpec) -> TaskResult:
     return TaskResult(indices, codes, seconds, failures, host, os.environ.get("SLURM_JOB_ID", ""))
 
 
-def _output_keys(task: TaskSpec) -> list[tuple[int, ...]]:
-    """The output key of each element of the task, worked out for all of them at once."""
-    if not task.mapspec:
-        return [()] * len(task.indices)
-    axes = np.unravel_index(np.asarray(task.indices, dtype=np.int64), task.shape)
-    return list(zip(*(a.tolist() for a in axes), strict=True))
+def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Callable[[int], Any]]]:
+    """For each mapped input, a function from an element's position in the task to what
+    that element gets.
 
-
-def _mapped_getters(
-    task: TaskSpec, spec: MapSpec | None
-) -> list[tuple[str, Callable[[tuple[int, ...]], Any]]]:
-    """For each mapped input, a function from an output key to what that element gets.
-
-    A value input is turned into its mapped array once per task; a map output stays a
-    ``FileBasedObjectArray``, read element by element.
+    Worked out for the whole task at once, with numpy: the flat index of each element's
+    item in each input.  A value input is made an array once per task (and kept for the
+    next tasks); a map output stays a ``FileBasedObjectArray``, read one file per element.
+    An input of which elements take whole slices (an axis the output does not have) is
+    indexed by each element's key instead.
     """
     if spec is None:
         return []
+    axes = np.unravel_index(np.asarray(task.indices, dtype=np.int64), task.shape)
     position = {index: k for k, index in enumerate(spec.output_indices)}
-    getters: list[tuple[str, Callable[[tuple[int, ...]], Any]]] = []
+    keys: list[tuple[int, ...]] | None = None
+    getters: list[tuple[str, Callable[[int], Any]]] = []
     for arr in spec.inputs:
         source = task.sources[arr.name]
+        picks = tuple(None if a is None else position[a] for a in arr.axes)
+        whole_items = None not in picks
         data: Any = (
             FileBasedObjectArray(source.path, source.shape)
             if source.kind == "array"
-            else _mapped_array(source.path, arr.rank)
+            else _mapped_array(source.path, arr.rank, whole_items)
         )
-        picks = tuple(None if a is None else position[a] for a in arr.axes)
-        if isinstance(data, FileBasedObjectArray) and None not in picks:
-            getters.append((arr.name, _ElementPick(data, picks)))  # one file per element
+        if not whole_items:
+            if keys is None:
+                keys = list(zip(*(a.tolist() for a in axes), strict=True))
+            getters.append((arr.name, _KeyPick(data, picks, keys)))
+            continue
+        shape = tuple(data.shape[: len(picks)])
+        flat: list[int] = np.ravel_multi_index([axes[p] for p in picks], shape).tolist()
+        if isinstance(data, FileBasedObjectArray):
+            load = data._load  # one file per element
+            getters.append((arr.name, lambda k, load=load, flat=flat: load(flat[k])))
         else:
-            getters.append((arr.name, _Pick(data, picks)))
+            items = data.reshape(-1, *data.shape[len(picks) :])
+            getters.append((arr.name, lambda k, items=items, flat=flat: items[flat[k]]))
     return getters
 
 
-class _ElementPick:
-    """One element of a map output, read straight from its file (the common case)."""
+class _KeyPick:
+    """What an element gets of an input it takes slices of: the input at the element's key.
 
-    def __init__(self, data: FileBasedObjectArray, picks: tuple[int | None, ...]) -> None:
-        self.data = data
-        self.picks = [p for p in picks if p is not None]
-        self.strides = [int(np.prod(data.shape[k + 1 :], dtype=np.int64)) for k in range(data.ndim)]
-
-    def __call__(self, key: tuple[int, ...]) -> Any:
-        n = sum(key[p] * stride for p, stride in zip(self.picks, self.strides, strict=True))
-        return self.data._load(n)
-
-
-class _Pick:
-    """What an element gets of one mapped input: the input at the element's key.
-
-    ``picks[k]`` is the output axis that gives the input's axis ``k`` (None: all of it).
+    ``picks[j]`` is the output axis that gives the input's axis ``j`` (None: all of it).
     """
 
-    def __init__(self, data: Any, picks: tuple[int | None, ...]) -> None:
+    def __init__(
+        self, data: Any, picks: tuple[int | None, ...], keys: list[tuple[int, ...]]
+    ) -> None:
         self.data = data
         self.picks = picks
+        self.keys = keys
 
-    def __call__(self, key: tuple[int, ...]) -> Any:
+    def __call__(self, k: int) -> Any:
+        key = self.keys[k]
         return self.data[tuple(slice(None) if p is None else key[p] for p in self.picks)]
 
 
