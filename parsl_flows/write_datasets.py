@@ -2,14 +2,18 @@
 
     python -m parsl_flows.write_datasets
 
-Reads requests, one JSON object a line: ``{"step": "<step dir>"}`` or
+Reads requests, one JSON object a line: ``{"step": "<step dir>", "known": {...}}`` or
 ``{"run": "<run dir>", "outcome": [status, exit code]}``; writes the file, then answers
 with one line: ``{"written": path or null, "error": null or why, "peak_rss_mb": ...}``.
-Ends when its input ends.
+Ends when its input ends.  ``known`` maps an output to the numbers the driver already
+has of it (``.npz`` bytes of ``indices`` and ``values``, in base64): the step's files
+are then not read again (``step_dataset(known=...)``).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import resource
@@ -17,6 +21,8 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .dataset import write_run_dataset, write_step_dataset
 from .status import StepStatus
@@ -31,7 +37,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             if rec.kind != "map" or rec.shape is None:  # nothing laid out to write
                 written = None
             else:
-                written = write_step_dataset(step_dir)
+                written = write_step_dataset(step_dir, known=_known(request.get("known", {})))
         else:
             outcome = request.get("outcome")
             written = write_run_dataset(
@@ -40,6 +46,14 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"written": None if written is None else str(written), "error": None}
     except Exception as e:
         return {"written": None, "error": f"{type(e).__name__}: {e}"}
+
+
+def _known(encoded: dict[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    known = {}
+    for out, text in encoded.items():
+        with np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False) as npz:
+            known[out] = (npz["indices"], npz["values"])
+    return known
 
 
 def main() -> None:

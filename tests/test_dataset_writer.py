@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import xarray as xr
@@ -173,3 +174,28 @@ def test_the_helper_ignores_ctrl_c(tmp_path: Path) -> None:
         assert writer._proc is not None and writer._proc.pid == pid
     finally:
         writer.close()
+
+
+def test_numbers_sent_back_are_written_without_reading_the_files(shapes_step: Path) -> None:
+    # Element 2's file is really truncated: reading it fails.  Numbers known for every
+    # element (what the workers sent back) are written as they are, without a read;
+    # numbers known for some elements only (others came from an earlier run) are not
+    # enough, and the files are read.
+    y = shapes_step / "return_values" / "y"
+    (y / "__2__.pickle").write_bytes((y / "__2__.pickle").read_bytes()[:3])
+    (shapes_step / "dataset.nc").unlink()
+    every = (np.arange(5), np.arange(1, 6))
+    some = (np.arange(4), np.arange(1, 5))
+    writer = DatasetWriter()
+    try:
+        error = writer.write("step", shapes_step)
+        assert error is not None and "DamagedFileError" in error and "__2__" in error
+        error = writer.write("step", shapes_step, known={"y": some})
+        assert error is not None and "DamagedFileError" in error
+        assert writer.write("step", shapes_step, known={"y": every}) is None
+    finally:
+        writer.close()
+    with xr.open_dataset(shapes_step / "dataset.nc") as ds:
+        assert ds.y.dtype == np.int64
+        assert ds.y.values.tolist() == [1, 2, 3, 4, 5]
+        assert not ds.y_mask.values.any()

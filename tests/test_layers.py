@@ -10,6 +10,7 @@ blocks left out: they never run), as import-linter's layer contracts would.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,15 @@ def test_no_room_over_about_400_lines() -> None:
 def test_the_layers_cover_every_module() -> None:
     for module in MODULES:
         layer_of(module)
+
+
+def test_no_module_is_named_like_a_standard_library_module() -> None:
+    # interchange_guard.py runs as a script, which puts parsl_flows/engine first on the
+    # interchange's sys.path: an engine/numbers.py once hid the standard library's
+    # `numbers` there, and every interchange failed to start.
+    clashes = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.stem in sys.stdlib_module_names
+    )
+    assert not clashes, f"rename these, they hide standard library modules: {clashes}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -17,7 +17,7 @@ import xarray as xr
 from ..status import RunRecord, StepStatus
 from .layout import _Layout, _records, _value_loader
 from .netcdf import DATASET_FILE, _write_netcdf, stored_values
-from .reading import _attempts, _errors, _from_memory, _read_output
+from .reading import Known, _attempts, _errors, _from_memory, _read_output
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def _step_variables(
     dims: list[str],
     outputs: Sequence[str] | None,
     threads: int | None,
+    known: Mapping[str, Known],
 ) -> dict[str, xr.Variable]:
     shape = tuple(rec.shape or ())
     size = int(np.prod(shape, dtype=np.int64))
@@ -40,7 +41,9 @@ def _step_variables(
     stored, stored_errors = stored_values(step_dir, rec)
     out: dict[str, xr.Variable] = {}
     for name in rec.outputs if outputs is None else outputs:
-        got = stored.get(name) or _read_output(step_dir / "return_values" / name, shape, threads)
+        got = stored.get(name) or _read_output(
+            step_dir / "return_values" / name, shape, threads, known.get(name)
+        )
         extra = tuple(f"{name}_dim_{k}" for k in range(got.element_dims))
         out[name] = xr.Variable((*dims, *extra), got.data, attrs=dict(attrs))
         out[f"{name}_mask"] = xr.Variable(
@@ -95,11 +98,14 @@ def step_dataset(
     *,
     outputs: Sequence[str] | None = None,
     threads: int | None = None,
+    known: Mapping[str, Known] | None = None,
 ) -> xr.Dataset:
     """One map step's results as an ``xarray.Dataset`` (see the module docstring).
 
     ``run`` defaults to the run the step belongs to; ``outputs`` limits the outputs read
-    (all by default); ``threads`` is how many threads read element files.
+    (all by default); ``threads`` is how many threads read element files.  ``known`` gives
+    numbers already known of an output, ``(indices, values)`` (the engine passes what its
+    workers sent back): when they cover every element in the store, no file is read.
 
     >>> ds = step_dataset(run.step("modified_get_charge"))  # doctest: +SKIP
     >>> ds.charge.where(~ds.charge_mask).mean()  # doctest: +SKIP
@@ -129,7 +135,7 @@ def step_dataset(
     layout = _Layout(records, _value_loader(run_dir, records), last=rec.name)
     ids = layout.step_dims[rec.name]
     dims = [layout.dims[i].name for i in ids]
-    variables = _step_variables(step_dir, rec, dims, outputs, threads)
+    variables = _step_variables(step_dir, rec, dims, outputs, threads, known or {})
     ds = xr.Dataset(
         variables,
         coords=layout.coordinates(ids),
@@ -176,7 +182,8 @@ def run_dataset(
             continue
         step_ids = layout.step_dims[rec.name]
         dims = [layout.dims[i].name for i in step_ids]
-        variables.update(_step_variables(run_dir / "steps" / rec.dirname, rec, dims, None, threads))
+        step_dir = run_dir / "steps" / rec.dirname
+        variables.update(_step_variables(step_dir, rec, dims, None, threads, {}))
         ids += [i for i in step_ids if i not in ids]
         steps.append(rec.name)
     ds = xr.Dataset(
@@ -243,6 +250,7 @@ def write_step_dataset(
     *,
     threads: int | None = None,
     quiet: bool = False,
+    known: Mapping[str, Known] | None = None,
 ) -> Path | None:
     """Write a map step's dataset to ``<step dir>/dataset.nc`` (netCDF4) and return its path.
 
@@ -253,6 +261,7 @@ def write_step_dataset(
 
     ``quiet=True`` is for the engine, after every step: a plain call or a map without
     elements is passed over, and a failure is logged, not raised (returns None).
+    ``known``: as for :func:`step_dataset`.
 
     >>> path = write_step_dataset(run.step("modified_get_charge"))  # doctest: +SKIP
     >>> xr.open_dataset(path)  # doctest: +SKIP
@@ -262,7 +271,7 @@ def write_step_dataset(
         rec = StepStatus.load(step_dir)
         if quiet and (rec.kind != "map" or rec.shape is None):
             return None
-        ds = step_dataset(step_dir, run, threads=threads)
+        ds = step_dataset(step_dir, run, threads=threads, known=known)
         folders = {o: f"return_values/{o}" for o in rec.outputs}
         return _write_netcdf(ds, step_dir / DATASET_FILE, folders)
     except Exception:

@@ -107,8 +107,19 @@ class _Output:
     element_dims: int = 0
 
 
-def _read_output(folder: Path, shape: tuple[int, ...], threads: int | None) -> _Output:
-    """Read an array folder: numbers at once, objects lazily (their files stay unread)."""
+#: Values already known of some elements of an output: ``(indices, values)``, the values
+#: a numeric array (what the workers sent back, ``TaskResult.values``).
+Known = tuple[np.ndarray, np.ndarray]
+
+
+def _read_output(
+    folder: Path, shape: tuple[int, ...], threads: int | None, known: Known | None = None
+) -> _Output:
+    """Read an array folder: numbers at once, objects lazily (their files stay unread).
+
+    Numbers ``known`` for every element that has a file are taken as they are, without
+    reading a file; else every file is read.
+    """
     size = int(np.prod(shape, dtype=np.int64))
     present = present_indices(folder)
     present = present[present < size]
@@ -116,6 +127,8 @@ def _read_output(folder: Path, shape: tuple[int, ...], threads: int | None) -> _
     mask[present] = False
     if present.size == 0:  # nothing to go by: an all-missing float array
         return _Output(np.full(shape, np.nan), mask.reshape(shape))
+    if known is not None and (got := _from_known(known, present, mask)) is not None:
+        return _Output(got.reshape(shape), mask.reshape(shape))
     first = load_elements(folder, present[:1], threads=1)[0]
     numeric = _is_number(first) or _is_array_of_numbers(first)
     if not numeric or np.asarray(first).nbytes * present.size > MAX_NUMERIC_BYTES:
@@ -140,6 +153,23 @@ def _read_output(folder: Path, shape: tuple[int, ...], threads: int | None) -> _
     data = np.full((size, *extra), _fill(stacked.dtype), dtype=stacked.dtype)
     data[present] = stacked
     return _Output(data.reshape(shape + extra), mask.reshape(shape), len(extra))
+
+
+def _from_known(known: Known, present: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The flat data of an output from ``known`` values, or None if they do not cover
+    every element in ``present`` (some came from an earlier run: resumed, reused)."""
+    indices, values = known
+    if values.ndim != 1 or values.dtype.kind not in _NUMERIC_KINDS or len(indices) != len(values):
+        return None
+    covered = np.zeros(mask.size, dtype=bool)
+    inside = indices < mask.size
+    covered[indices[inside]] = True
+    if not covered[present].all() or values.itemsize * present.size > MAX_NUMERIC_BYTES:
+        return None
+    data = np.full(mask.size, _fill(values.dtype), dtype=values.dtype)
+    data[indices[inside]] = values[inside]
+    data[mask] = _fill(values.dtype)  # an element without a file is missing, whatever was sent
+    return data
 
 
 def _is_array_of_numbers(v: Any) -> bool:

@@ -31,6 +31,7 @@ from .chunking import ChunkSizer
 from .datasets import dataset_writer
 from .hashing import KeyBook, combine
 from .inputs import MappedInputs
+from .numbers_back import NumbersBack
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
 from .tasks import StepTasks
@@ -74,6 +75,8 @@ class StepAttempts(MappedInputs):
     _save: Callable[[StepStatus], None]
     _check_stop: Callable[[], None]
     _note_helpers: Callable[[], None]
+    #: Per map, the numbers its workers sent back, until its dataset.nc is written.
+    numbers_back: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
     def _execute_elements(
         self, node: Call, st: StepStatus, params: dict[str, Source]
@@ -187,6 +190,7 @@ class StepAttempts(MappedInputs):
         # element that kills its worker costs only itself.
         suspects: set[int] = set()
         messages: dict[int, str] = {}
+        numbers = NumbersBack(node.outputs)
         first = len(todo)
         st.submitted_elements = compress(todo)
         st.n_submitted = first
@@ -216,6 +220,7 @@ class StepAttempts(MappedInputs):
             results = tasks.run(alone, rest, make_task, ChunkSizer(workers, fixed))
             retry: list[np.ndarray] = []
             for tr in results:
+                numbers.add(tr)
                 ran = tr.codes != NOT_RUN
                 retry.append(tr.indices[~ran])  # its task was lost before it started: no try
                 idx, codes = tr.indices[ran], tr.codes[ran]
@@ -258,6 +263,8 @@ class StepAttempts(MappedInputs):
             (failed & (user_tries >= node.max_restarts)).any()
         )
         failed_codes = {int(n): int(final[n]) for n in np.flatnonzero(failed)}
+        if isinstance(node, Map):
+            self.numbers_back[st.name] = numbers.known()
         return failed_codes, {n: messages[n] for n in failed_codes}, exhausted
 
     def _record_attempt(

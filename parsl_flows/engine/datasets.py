@@ -19,6 +19,8 @@ asked for, which are reported as not written; the next request starts a new one.
 from __future__ import annotations
 
 import atexit
+import base64
+import io
 import json
 import logging
 import os
@@ -27,6 +29,8 @@ import sys
 import threading
 from pathlib import Path
 from typing import IO, Any, Literal
+
+import numpy as np
 
 __all__ = ["DatasetWriter", "dataset_writer"]
 
@@ -45,13 +49,23 @@ class DatasetWriter:
         #: The helper's peak resident memory (MB), as it last reported it.
         self.peak_rss_mb = 0.0
 
-    def write(self, what: Literal["step", "run"], path: Path, **extra: Any) -> str | None:
+    def write(
+        self,
+        what: Literal["step", "run"],
+        path: Path,
+        known: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        **extra: Any,
+    ) -> str | None:
         """Write the ``dataset.nc`` of the step or run directory ``path``.
 
         Returns None when it is written (or a step has none to write: a plain call, a
         map that never started), else why not.  Never raises: the results are in the
-        store either way.  ``extra`` goes with the request (a run's ``outcome``).
+        store either way.  ``known`` maps a step's output to numbers the workers sent
+        back, ``(indices, values)``, so that the helper need not read their files again;
+        ``extra`` goes with the request (a run's ``outcome``).
         """
+        if known:
+            extra["known"] = {out: _encoded(*pair) for out, pair in known.items()}
         with self._lock:
             try:
                 proc = self._started()
@@ -122,6 +136,13 @@ class DatasetWriter:
                 code = proc.wait()
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return f"the process writing dataset.nc files ended ({how})"
+
+
+def _encoded(indices: np.ndarray, values: np.ndarray) -> str:
+    """``.npz`` bytes in base64, as ``write_datasets`` reads them back."""
+    buffer = io.BytesIO()
+    np.savez(buffer, indices=indices, values=values)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _pipes(proc: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:

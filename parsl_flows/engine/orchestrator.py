@@ -92,6 +92,7 @@ class Execution(StepAttempts):
             target=self._main, name=f"parsl_flows-{run_dir.name}", daemon=False
         )
         self.keys = KeyBook()
+        self.numbers_back = {}
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self._presence: dict[str, np.ndarray] = {}  # finished maps' outputs, listed once
         self.done = threading.Event()
@@ -244,8 +245,10 @@ class Execution(StepAttempts):
         except OSError as e:
             logger.warning("[%s:%s] cannot save status.json: %s", self.run_dir.name, st.name, e)
 
-    def _write_step_dataset(self, step_dir: Path) -> None:
-        error = dataset_writer.write("step", step_dir)
+    def _write_step_dataset(
+        self, step_dir: Path, known: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        error = dataset_writer.write("step", step_dir, known)
         if error:  # the elements are in the store either way
             logger.warning("could not write %s: %s", step_dir / "dataset.nc", error)
 
@@ -283,10 +286,11 @@ class Execution(StepAttempts):
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
         self._save(st)
+        known = self.numbers_back.pop(node.name, {})
         if isinstance(node, Map) and not self.stopping.is_set():
             # dataset.nc is written beside the run, not before the steps that wait for
             # this one: a second or more for a big map.
-            self._datasets.submit(self._write_step_dataset, self.step_dir(st))
+            self._datasets.submit(self._write_step_dataset, self.step_dir(st), known)
         if st.state == "skipped":
             verdict = st.message
         else:

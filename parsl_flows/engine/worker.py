@@ -105,6 +105,10 @@ class TaskResult:
     failures: dict[int, tuple[str, bool]] = field(default_factory=dict)
     host: str = ""
     batch_job: str = ""  # the scheduler job the worker ran in (SLURM_JOB_ID), if any
+    #: Per output of a map, the values of the elements that succeeded (``codes == OK``), in
+    #: order, when every one is a plain number: the step's ``dataset.nc`` is then written
+    #: without reading their files again.  An output with any other value is left out.
+    values: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, verdicts: list[tuple[int, int, str]]) -> TaskResult:
@@ -229,18 +233,36 @@ def run_task(task: TaskSpec) -> TaskResult:
     indices = np.asarray(task.indices, dtype=np.int64)
     codes = np.zeros(len(indices), dtype=np.int16)
     failures: dict[int, tuple[str, bool]] = {}
+    numbers: dict[str, list[Any] | None] = {out: [] for out in step.returns} if spec else {}
     start = time.perf_counter()
     for k, n in enumerate(task.indices):
         kwargs = dict(broadcast)
         for name, get in getters:
             kwargs[name] = get(k)
-        code, message, retryable = _run_element(task, step, kwargs, out_dirs, n)
+        code, message, retryable = _run_element(task, step, kwargs, out_dirs, n, numbers)
         if code:
             codes[k] = code
             failures[n] = (message, retryable)
     seconds = time.perf_counter() - start
     host = os.uname().nodename
-    return TaskResult(indices, codes, seconds, failures, host, os.environ.get("SLURM_JOB_ID", ""))
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return TaskResult(indices, codes, seconds, failures, host, job, _number_arrays(numbers))
+
+
+#: The types of the values sent back in ``TaskResult.values``: numbers that numpy holds
+#: exactly as the element's file does.
+_NUMBER_TYPES = frozenset(
+    {float, int, bool, complex, np.float64, np.float32, np.int64, np.int32, np.bool_}
+)
+
+
+def _number_arrays(numbers: dict[str, list[Any] | None]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for out, values in numbers.items():
+        if values:  # none at all says nothing of the dtype
+            with contextlib.suppress(OverflowError):  # an int past int64: read from its file
+                arrays[out] = np.asarray(values)
+    return arrays
 
 
 def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Callable[[int], Any]]]:
@@ -273,15 +295,26 @@ def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Cal
                 keys = list(zip(*(a.tolist() for a in axes), strict=True))
             getters.append((arr.name, _KeyPick(data, picks, keys)))
             continue
-        shape = tuple(data.shape[: len(picks)])
-        flat: list[int] = np.ravel_multi_index([axes[p] for p in picks], shape).tolist()
+        axis_of = [p for p in picks if p is not None]
+        shape = tuple(data.shape[: len(axis_of)])
+        flat = np.asarray(np.ravel_multi_index(tuple(axes[p] for p in axis_of), shape)).tolist()
         if isinstance(data, FileBasedObjectArray):
-            load = data._load  # one file per element
-            getters.append((arr.name, lambda k, load=load, flat=flat: load(flat[k])))
+            getters.append((arr.name, _ItemPick(data._load, flat)))  # one file per element
         else:
-            items = data.reshape(-1, *data.shape[len(picks) :])
-            getters.append((arr.name, lambda k, items=items, flat=flat: items[flat[k]]))
+            items = data.reshape(-1, *data.shape[len(axis_of) :])
+            getters.append((arr.name, _ItemPick(items.__getitem__, flat)))
     return getters
+
+
+class _ItemPick:
+    """What an element gets of an input it takes one item of: ``get(flat[k])``."""
+
+    def __init__(self, get: Callable[[int], Any], flat: list[int]) -> None:
+        self.get = get
+        self.flat = flat
+
+    def __call__(self, k: int) -> Any:
+        return self.get(self.flat[k])
 
 
 class _KeyPick:
@@ -308,8 +341,11 @@ def _run_element(
     kwargs: dict[str, Any],
     out_dirs: list[tuple[str, str]],
     n: int,
+    numbers: dict[str, list[Any] | None],
 ) -> tuple[int, str, bool]:
     """Compute element ``n`` and store its outputs or its exception: (code, message, retryable).
+
+    The values of outputs that are plain numbers so far are added to ``numbers``.
 
     Anything the element raises, ``SystemExit`` and ``KeyboardInterrupt`` included, fails
     that element alone.  A store that cannot take the result (full, read-only) is an
@@ -349,6 +385,13 @@ def _run_element(
             "data (numbers, arrays, dataclasses), not open files, locks or generators"
         )
         return USER_ERROR, _store_failure(step, step_dir, n, unpicklable), True
+    for out, values in numbers.items():
+        if values is not None:
+            value = outputs[out]
+            if type(value) in _NUMBER_TYPES:
+                values.append(value)
+            else:
+                numbers[out] = None
     return OK, "", True
 
 
