@@ -8,8 +8,11 @@ finishes a long task, nor that the first results wait.
 :class:`ChunkSizer` starts small, so that every worker gets work and the first results
 come back at once; measures how long elements take (the workers report it per task);
 then makes tasks of about :data:`TARGET_SECONDS` each, and smaller again near the end so
-that each worker still has :data:`TAIL_TASKS_PER_WORKER` tasks of the rest.  An explicit
-``chunksize=N`` of a map keeps every task at ``N`` elements.
+that each worker still has :data:`TAIL_TASKS_PER_WORKER` tasks of the rest, but never
+shorter than :data:`SHORTEST_SECONDS`: tasks of a few elements at the very end cost more
+in Parsl's round trips (a few milliseconds each, one after the other) than the workers'
+uneven finish they would save.  An explicit ``chunksize=N`` of a map keeps every task at
+``N`` elements.
 
 >>> sizer = ChunkSizer(workers=2)
 >>> sizer.next_size(remaining=100_000)   # nothing measured yet: small first tasks
@@ -19,6 +22,8 @@ that each worker still has :data:`TAIL_TASKS_PER_WORKER` tasks of the rest.  An 
 10000
 >>> sizer.next_size(remaining=20_000)    # near the end: a share for every worker
 5000
+>>> sizer.next_size(remaining=1_200)     # the very end: tasks of 50 ms at least
+500
 """
 
 from __future__ import annotations
@@ -26,12 +31,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["ChunkSizer", "TAIL_TASKS_PER_WORKER", "TARGET_SECONDS", "worker_count"]
+__all__ = [
+    "SHORTEST_SECONDS",
+    "TAIL_TASKS_PER_WORKER",
+    "TARGET_SECONDS",
+    "ChunkSizer",
+    "worker_count",
+]
 
 #: How long one task should last once elements have been measured.
 TARGET_SECONDS = 1.0
 #: Near the end, the rest is split so that each worker gets at least this many tasks.
 TAIL_TASKS_PER_WORKER = 2
+#: ... in tasks no shorter than this, once elements have been measured.
+SHORTEST_SECONDS = 0.05
 #: Elements per task before anything is measured.
 FIRST_SIZE = 16
 #: Tasks in flight per worker: one running and one waiting, so no worker waits for the driver.
@@ -65,7 +78,9 @@ class ChunkSizer:
         if self._elements == 0:
             return max(1, min(FIRST_SIZE, tail))
         per_element = max(self._seconds / self._elements, 1e-6)
-        return max(1, min(int(TARGET_SECONDS / per_element), tail))
+        shortest = max(1, int(SHORTEST_SECONDS / per_element))
+        size = max(shortest, min(int(TARGET_SECONDS / per_element), tail))
+        return min(size, remaining)
 
 
 def worker_count(executor: Any) -> int:
