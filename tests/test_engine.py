@@ -274,9 +274,7 @@ def kind_of(x: object, y: object) -> str:
     return f"{type(x).__name__} {type(y).__name__}"
 
 
-def test_elements_get_the_items_of_a_list_as_made_and_numpy_scalars_of_an_array(
-    local_env, store
-):
+def test_elements_get_the_items_of_a_list_as_made_and_numpy_scalars_of_an_array(local_env, store):
     # A list's items keep their types on the workers (a float is not made a numpy.float64,
     # which computes several times slower in Python); an array gives numpy's own scalars.
     flow = new_workflow("kinds").then(map_(kind_of, "x[i], y[i] -> kind[i]"))
