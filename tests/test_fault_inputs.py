@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -28,8 +29,8 @@ from helpers import assert_usage_error, cli, wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
+from parsl_flows.engine.failures import UnpicklableError, exception_bytes
 from parsl_flows.engine.runner import runner
-from parsl_flows.engine.worker import UnpicklableError
 from parsl_flows.lock import RunLockedError
 from parsl_flows.store import FileBasedObjectArray
 from parsl_flows.workflow import map_, new_workflow
@@ -611,3 +612,31 @@ def test_base_exceptions_fail_only_their_element(local_env, store):
         kept = exceptions[n]
         assert type(kept).__name__ == kind.__name__ and isinstance(kept, kind), repr(kept)
         assert str(kept) == text
+
+
+def _raise_from_lookup(key: int) -> BaseException:
+    try:
+        try:
+            {}[key]
+        except KeyError as missing:
+            raise ValueError(f"no {key}") from missing
+    except ValueError as e:
+        return e
+    raise AssertionError("unreachable")
+
+
+def test_a_stored_exception_keeps_its_traceback_as_text_and_its_cause() -> None:
+    # In a process that imported Parsl (tblib's pickling of tracebacks is installed), the
+    # stored pickle still carries no traceback objects: loading those compiled code per
+    # frame, four times the cost of a failure.  The text, and the cause, are kept.
+    import parsl.app.python  # noqa: F401  (installs tblib.pickling_support, as on workers)
+
+    exc = _raise_from_lookup(7)
+    data = exception_bytes(exc)
+    assert b"unpickle_traceback" not in data  # tblib's: rebuilt frame by frame on loading
+    kept = pickle.loads(data)
+    assert repr(kept) == "ValueError('no 7')" and repr(kept.__cause__) == "KeyError(7)"
+    assert kept.__traceback__ is None
+    assert "_raise_from_lookup" in kept.remote_traceback
+    assert "KeyError: 7" in kept.remote_traceback  # the chain, as Python prints it
+    assert exc.__traceback__ is not None and exc.__cause__.__traceback__ is not None  # untouched

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 
 from ..mapspec import MapSpec
@@ -41,6 +38,7 @@ from ..store import (
     write_element,
     write_pickle,
 )
+from .failures import UnpicklableError, store_failure
 from .walltime import Deadline, WalltimeExceeded
 
 __all__ = [
@@ -52,6 +50,7 @@ __all__ = [
     "Source",
     "TaskResult",
     "TaskSpec",
+    "UnpicklableError",  # stored exceptions name it here: keep them loadable
     "run_task",
 ]
 
@@ -157,44 +156,6 @@ def _whole(source: Source) -> Any:
     if source.kind == "array":
         return FileBasedObjectArray(source.path, source.shape)
     return _cached_load(source.path)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
-def _exception_bytes(exc: BaseException) -> bytes:
-    """The pickle of ``exc`` with its traceback, else of a stand-in keeping its type and text.
-
-    Pickled once and checked by loading it back; Python's own exception types take plain
-    pickle (the same bytes, several times faster than cloudpickle): a map where one element
-    in ten fails pays for it on every failure.
-    """
-    tb = "".join(traceback.format_exception(exc))
-    with contextlib.suppress(AttributeError):  # some exception types forbid new attributes
-        exc.remote_traceback = tb  # type: ignore[attr-defined]
-    try:
-        if type(exc).__module__ == "builtins":
-            data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-        else:
-            data = cloudpickle.dumps(exc)
-        pickle.loads(data)
-        return data
-    except Exception:
-        return cloudpickle.dumps(UnpicklableError(type(exc).__name__, str(exc), tb))
-
-
-class UnpicklableError(Exception):
-    """Stands in for a user exception that could not be pickled."""
-
-    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
-        self.remote_traceback = remote_traceback
-
-    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
-        return (UnpicklableError, (self.type_name, self.message, self.remote_traceback))
 
 
 def _walltime_message(step: Any, n: int, task: TaskSpec) -> str:
@@ -369,7 +330,7 @@ def _run_element(
             e = TimeoutError(_walltime_message(step, n, task))
         code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
         retryable = task.retry_on is None or isinstance(e, task.retry_on)
-        return code, _store_failure(step, step_dir, n, e), retryable
+        return code, store_failure(step.returns, step_dir, n, e), retryable
     out = ""
     try:
         for out, folder in out_dirs:
@@ -377,14 +338,14 @@ def _run_element(
             write_element(folder, n, dumps(value))
     except OSError as e:  # the store is full or read-only
         full = OSError(e.errno, f"cannot write element {n}'s result to the store: {e}")
-        return INFRASTRUCTURE, _store_failure(step, step_dir, n, full), True
+        return INFRASTRUCTURE, store_failure(step.returns, step_dir, n, full), True
     except Exception as e:  # the value cannot be pickled
         unpicklable = TypeError(
             f"step {getattr(step, 'name', '?')!r}: output {out!r} ({type(value).__name__}) "
             f"cannot be pickled, so it cannot be stored: {type(e).__name__}: {e}. Return plain "
             "data (numbers, arrays, dataclasses), not open files, locks or generators"
         )
-        return USER_ERROR, _store_failure(step, step_dir, n, unpicklable), True
+        return USER_ERROR, store_failure(step.returns, step_dir, n, unpicklable), True
     for out, values in numbers.items():
         if values is not None:
             value = outputs[out]
@@ -393,17 +354,3 @@ def _run_element(
             else:
                 numbers[out] = None
     return OK, "", True
-
-
-def _store_failure(step: Any, folder: str, n: int, e: BaseException) -> str:
-    """Remove element ``n``'s outputs, keep ``e`` as its exception; the message for the driver."""
-    message = _describe(e)
-    try:
-        for out in step.returns:  # an element is whole or absent, never half-written
-            element_path(Path(folder) / "return_values" / out, n).unlink(missing_ok=True)
-        exc_dir = f"{folder}/exception"
-        os.makedirs(exc_dir, exist_ok=True)
-        write_element(exc_dir, n, _exception_bytes(e))
-    except OSError as store_error:
-        message += f" (and its exception could not be stored: {store_error})"
-    return message[:500]

@@ -1,0 +1,96 @@
+"""How a failed element is kept: its exception, pickled once, in the step's store.
+
+Part of the worker side (:mod:`parsl_flows.engine.worker`): an element that raises is
+stored as ``exception/__<n>__.pickle`` with its traceback as text, its outputs removed
+(an element is whole or absent), and the driver gets a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+
+import cloudpickle
+
+from ..store import element_path, write_element
+
+__all__ = ["UnpicklableError", "describe", "exception_bytes", "store_failure"]
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def exception_bytes(exc: BaseException) -> bytes:
+    """The pickle of ``exc`` with its traceback as text, else of a stand-in keeping its type
+    and text.
+
+    The traceback travels as text (``remote_traceback``), not as traceback objects: Parsl
+    installs tblib's pickling of tracebacks in every process that imports it, and loading
+    those compiles code for each frame, which made a failure cost four times as much.
+    Pickled once and checked by loading it back; Python's own exception types take plain
+    pickle (the same bytes, several times faster than cloudpickle): a map where one element
+    in ten fails pays for it on every failure.
+    """
+    tb = "".join(traceback.format_exception(exc))
+    with contextlib.suppress(AttributeError):  # some exception types forbid new attributes
+        exc.remote_traceback = tb  # type: ignore[attr-defined]
+    chain = _chain(exc)
+    tracebacks = [e.__traceback__ for e in chain]
+    try:
+        for e in chain:
+            e.__traceback__ = None
+        if type(exc).__module__ == "builtins":
+            data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        else:
+            data = cloudpickle.dumps(exc)
+        pickle.loads(data)
+        return data
+    except Exception:
+        return cloudpickle.dumps(UnpicklableError(type(exc).__name__, str(exc), tb))
+    finally:
+        for e, kept in zip(chain, tracebacks, strict=True):
+            e.__traceback__ = kept
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, each once."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is not None and not any(e is s for s in seen):
+            seen.append(e)
+            todo += [e.__cause__, e.__context__]
+    return seen
+
+
+class UnpicklableError(Exception):
+    """Stands in for a user exception that could not be pickled."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (UnpicklableError, (self.type_name, self.message, self.remote_traceback))
+
+
+def store_failure(outputs: Iterable[str], folder: str, n: int, e: BaseException) -> str:
+    """Remove element ``n``'s outputs, keep ``e`` as its exception; the message for the driver."""
+    message = describe(e)
+    try:
+        for out in outputs:  # an element is whole or absent, never half-written
+            element_path(Path(folder) / "return_values" / out, n).unlink(missing_ok=True)
+        exc_dir = f"{folder}/exception"
+        os.makedirs(exc_dir, exist_ok=True)
+        write_element(exc_dir, n, exception_bytes(e))
+    except OSError as store_error:
+        message += f" (and its exception could not be stored: {store_error})"
+    return message[:500]
