@@ -106,6 +106,36 @@ def test_a_helper_that_dies_mid_request_is_reported_and_replaced(shapes_step: Pa
     assert writer._proc is None
 
 
+def test_starting_the_helper_does_not_wait_for_a_file_being_written(tmp_path: Path) -> None:
+    """A map's first result starts the helper: it must not wait while the helper writes
+    the previous map's dataset.nc (the next map's tasks wait on that caller)."""
+    writer = DatasetWriter()
+    try:
+        stuck = tmp_path / "stuck"
+        stuck.mkdir()
+        os.mkfifo(stuck / "status.json")  # the helper blocks reading it: a write in progress
+        answers: list[str | None] = []
+        writing = threading.Thread(
+            target=lambda: answers.append(writer.write("step", stuck)), daemon=True
+        )
+        writing.start()
+        wait_for(lambda: writer._proc is not None, "the helper to start")
+        starting = threading.Thread(target=writer.start, daemon=True)
+        starting.start()
+        starting.join(timeout=30)
+        assert not starting.is_alive(), "start() waited for the file being written"
+        assert writing.is_alive() and not answers
+        with open(stuck / "status.json", "w") as fifo:  # let the helper read, and fail
+            fifo.write("{not json")
+        writing.join(timeout=60)
+        assert answers and answers[0] is not None and "JSONDecodeError" in answers[0]
+    finally:
+        if writing.is_alive() and writer._proc is not None:  # still stuck: end the helper
+            writer._proc.kill()
+            writing.join(timeout=60)
+        writer.close()
+
+
 def test_a_failure_is_an_answer_and_the_helper_goes_on(shapes_step: Path, tmp_path: Path) -> None:
     writer = DatasetWriter()
     try:

@@ -88,10 +88,15 @@ class DatasetWriter:
 
         Its start (a Python with xarray and netCDF4 to import: a second or two) then
         overlaps the run's work instead of delaying the first map's file, or the end of
-        a short run.
+        a short run.  While a request is being answered the helper is running already,
+        and the caller (a map's first result) must not wait for that file to be written.
         """
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             self._started()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """End the helper (it finishes the file it is writing): at exit, or in tests."""
