@@ -51,6 +51,7 @@ from .files import (
     write_json,
     write_pickle,
 )
+from .numbers_file import read_numbers
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -150,6 +151,14 @@ class FileBasedObjectArray:
         wanted = np.flatnonzero(np.isin(flat, present_indices(self.folder)))
         values = np.empty(flat.size, dtype=object)
         mask = np.ones(flat.size, dtype=bool)
+        known = read_numbers(self.folder, self.size)  # a map's plain numbers, in one file
+        if known is not None:
+            where = known.position[flat[wanted]]
+            held = where >= 0
+            elements = known.elements(where[held])
+            values[wanted[held]] = np.fromiter(elements, dtype=object, count=len(elements))
+            mask[wanted[held]] = False
+            wanted = wanted[~held]
         loaded = load_elements(self.folder, flat[wanted])  # in parallel: many small files
         for pos, value in zip(wanted.tolist(), loaded, strict=True):
             if value is not MISSING_ELEMENT:

@@ -13,12 +13,14 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..mapspec import MapSpec, MapSpecError
+from ..numbers_file import forget_numbers
 from ..ranges import common, compress, unique_indices, without
 from ..status import StepStatus
 from ..store import (
@@ -64,6 +66,20 @@ def exit_code_of(codes: Iterable[int]) -> int:
     return OK
 
 
+def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """``fn(*args)`` in a thread of its own; its result (or exception) in the future."""
+    future: Future[Any] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # given to whoever asks for the result
+            future.set_exception(e)
+
+    threading.Thread(target=work, name="element-keys", daemon=True).start()
+    return future
+
+
 class StepAttempts(MappedInputs):
     """Runs the elements of one step (mixed into ``Execution``, which provides these)."""
 
@@ -76,7 +92,7 @@ class StepAttempts(MappedInputs):
     _check_stop: Callable[[], None]
     _note_helpers: Callable[[], None]
     #: Per map, the numbers its workers sent back, until its dataset.nc is written.
-    numbers_back: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    numbers_back: dict[str, NumbersBack]
 
     def _execute_elements(
         self, node: Call, st: StepStatus, params: dict[str, Source]
@@ -85,6 +101,8 @@ class StepAttempts(MappedInputs):
         step_dir = self.step_dir(st)
         log = self.step_log(st)
         if isinstance(node, Map):
+            for out in node.outputs:  # its elements may change now: their files are the truth
+                forget_numbers(step_dir / "return_values" / out)
             try:
                 shape = node.mapspec.shape(
                     {a.name: self._shape_of(params[a.name], a) for a in node.mapspec.inputs}
@@ -105,9 +123,16 @@ class StepAttempts(MappedInputs):
                 return {}
         else:
             shape, wanted, total = (), np.array([0]), 1
-        keys = self._element_keys(node, params, shape, log)
-        if keys is not None:
-            np.save(step_dir / KEYS_FILE, keys)
+        # The keys (a hash per element, ~2 µs each) matter before the elements run only to
+        # reuse an earlier run's results; otherwise they are worked out beside the map.
+        keys_later: Future[np.ndarray | None] | None = None
+        keys: np.ndarray | None = None
+        if isinstance(node, Map) and self.reuse_from is None:
+            keys_later = _in_background(self._element_keys, node, params, shape, log)
+        else:
+            keys = self._element_keys(node, params, shape, log)
+            if keys is not None:
+                np.save(step_dir / KEYS_FILE, keys)
         self._reuse(node, st, keys, wanted, log)
         have = present_elements(step_dir, node.outputs, wanted)
         if len(have):
@@ -116,7 +141,13 @@ class StepAttempts(MappedInputs):
         todo = without(wanted, have)
         if len(have) and not st.reused_from:
             log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
-        codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
+        try:
+            codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
+        finally:  # an interrupted run keeps its keys too: a restart reuses what it has
+            if keys_later is not None:
+                keys = keys_later.result()
+                if keys is not None:
+                    np.save(step_dir / KEYS_FILE, keys)
         st.exit_code = 410 if exhausted else exit_code_of(codes.values())
         if isinstance(node, Map):
             self._log_map_outcome(log, st, shape, codes, messages)
@@ -264,7 +295,7 @@ class StepAttempts(MappedInputs):
         )
         failed_codes = {int(n): int(final[n]) for n in np.flatnonzero(failed)}
         if isinstance(node, Map):
-            self.numbers_back[st.name] = numbers.known()
+            self.numbers_back[st.name] = numbers
         return failed_codes, {n: messages[n] for n in failed_codes}, exhausted
 
     def _record_attempt(

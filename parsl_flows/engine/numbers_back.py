@@ -9,6 +9,9 @@ several seconds of the two cores that the workers use, for a map of 100,000 elem
 An output is known only while every task that has succeeded elements sent its values;
 one task without them (values that are not plain numbers, a task the driver read from
 the store after its worker died) and the helper reads the files, as before.
+
+An output whose values all had one type is also kept in the map's numbers file
+(``parsl_flows/numbers_file.py``), where the next steps read it instead of the files.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class NumbersBack:
         self._parts: dict[str, list[tuple[np.ndarray, np.ndarray]] | None] = {
             out: [] for out in outputs
         }
+        self._kinds: dict[str, set[str]] = {out: set() for out in outputs}
 
     def add(self, result: TaskResult) -> None:
         """Take the values of ``result``'s elements that succeeded."""
@@ -42,11 +46,20 @@ class NumbersBack:
                 self._parts[out] = None  # this output's files must be read
             else:
                 parts.append((indices, values))
+                self._kinds[out].add(result.kinds.get(out, ""))
 
     def known(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{output: (indices, values)}`` for the outputs of which every value came back."""
         return {
             out: (np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts]))
+            for out, parts in self._parts.items()
+            if parts
+        }
+
+    def kinds(self) -> dict[str, str]:
+        """For each known output, the one type of all its values; "" if they had several."""
+        return {
+            out: next(iter(self._kinds[out])) if len(self._kinds[out]) == 1 else ""
             for out, parts in self._parts.items()
             if parts
         }

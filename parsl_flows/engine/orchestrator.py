@@ -21,12 +21,14 @@ import numpy as np
 
 from ..errors import EXIT_CODES
 from ..lock import RunLock
+from ..numbers_file import KINDS, write_numbers
 from ..status import RunRecord, StepStatus
 from ..workflow import Call, Map, Workflow
 from . import stopping
 from .attempts import StepAttempts, exit_code_of
 from .datasets import dataset_writer
 from .hashing import KeyBook, value_key
+from .numbers_back import NumbersBack
 from .runner import runner
 from .tasks import STOP_POLL_SECONDS
 from .worker import (
@@ -92,7 +94,7 @@ class Execution(StepAttempts):
             target=self._main, name=f"parsl_flows-{run_dir.name}", daemon=False
         )
         self.keys = KeyBook()
-        self.numbers_back = {}
+        self.numbers_back: dict[str, NumbersBack] = {}
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self._presence: dict[str, np.ndarray] = {}  # finished maps' outputs, listed once
         self.done = threading.Event()
@@ -252,6 +254,18 @@ class Execution(StepAttempts):
         if error:  # the elements are in the store either way
             logger.warning("could not write %s: %s", step_dir / "dataset.nc", error)
 
+    def _keep_numbers(
+        self, step_dir: Path, known: dict[str, tuple[np.ndarray, np.ndarray]], kinds: dict[str, str]
+    ) -> None:
+        """Write the numbers files of a map's outputs of one type (see ``numbers_file``)."""
+        for out, (indices, values) in known.items():
+            if kinds.get(out) not in KINDS:
+                continue
+            try:
+                write_numbers(step_dir / "return_values" / out, indices, values, kinds[out])
+            except OSError as e:  # a full store: readers take the element files
+                logger.warning("cannot write the numbers of %s: %s", step_dir / out, e)
+
     def step_dir(self, st: StepStatus) -> Path:
         return self.run_dir / "steps" / st.dirname
 
@@ -286,8 +300,11 @@ class Execution(StepAttempts):
             st.state = "finished" if st.exit_code == 0 else "failed"
         st.finished = time.time()
         self._save(st)
-        known = self.numbers_back.pop(node.name, {})
+        back = self.numbers_back.pop(node.name, None)
+        known = back.known() if back is not None else {}
         if isinstance(node, Map) and not self.stopping.is_set():
+            if back is not None:  # before the steps that read this map start
+                self._keep_numbers(self.step_dir(st), known, back.kinds())
             # dataset.nc is written beside the run, not before the steps that wait for
             # this one: a second or more for a big map.
             self._datasets.submit(self._write_step_dataset, self.step_dir(st), known)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..mapspec import MapSpec
+from ..numbers_file import KnownNumbers, kind_of, read_numbers
 from ..shapes import as_element_array, as_mapped_array
 from ..step import MissingOutputError, format_walltime
 from ..store import (
@@ -108,6 +109,9 @@ class TaskResult:
     #: order, when every one is a plain number: the step's ``dataset.nc`` is then written
     #: without reading their files again.  An output with any other value is left out.
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Per output in ``values``, the type of every one of its values (``numbers_file``
+    #: kind names), or "" when they are not all of one type.
+    kinds: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, verdicts: list[tuple[int, int, str]]) -> TaskResult:
@@ -207,7 +211,14 @@ def run_task(task: TaskSpec) -> TaskResult:
     seconds = time.perf_counter() - start
     host = os.uname().nodename
     job = os.environ.get("SLURM_JOB_ID", "")
-    return TaskResult(indices, codes, seconds, failures, host, job, _number_arrays(numbers))
+    values = _number_arrays(numbers)
+    kinds = {out: _one_kind(numbers[out]) for out in values}
+    return TaskResult(indices, codes, seconds, failures, host, job, values, kinds)
+
+
+def _one_kind(values: list[Any] | None) -> str:
+    types = set(map(type, values or ()))
+    return kind_of(values[0]) if values and len(types) == 1 else ""
 
 
 #: The types of the values sent back in ``TaskResult.values``: numbers that numpy holds
@@ -260,7 +271,11 @@ def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Cal
         shape = tuple(data.shape[: len(axis_of)])
         flat = np.asarray(np.ravel_multi_index(tuple(axes[p] for p in axis_of), shape)).tolist()
         if isinstance(data, FileBasedObjectArray):
-            getters.append((arr.name, _ItemPick(data._load, flat)))  # one file per element
+            known = read_numbers(data.folder, data.size)
+            if known is not None:  # the map's numbers file: no file read for what it holds
+                getters.append((arr.name, _KnownPick(known, flat, data._load)))
+            else:
+                getters.append((arr.name, _ItemPick(data._load, flat)))  # one file an element
         else:
             items = data.reshape(-1, *data.shape[len(axis_of) :])
             getters.append((arr.name, _ItemPick(items.__getitem__, flat)))
@@ -276,6 +291,28 @@ class _ItemPick:
 
     def __call__(self, k: int) -> Any:
         return self.get(self.flat[k])
+
+
+class _KnownPick:
+    """An element's item of a map output with a numbers file: from the file's values, or
+    (an element it does not hold, reused from an earlier run, say) from its own file."""
+
+    def __init__(self, known: KnownNumbers, flat: list[int], load: Callable[[int], Any]) -> None:
+        where = known.position[np.asarray(flat, dtype=np.int64)]
+        held = where >= 0
+        self.items: list[Any] = [_UNKNOWN] * len(flat)
+        for k, value in zip(
+            np.flatnonzero(held).tolist(), known.elements(where[held]), strict=True
+        ):
+            self.items[k] = value
+        self.flat, self.load = flat, load
+
+    def __call__(self, k: int) -> Any:
+        value = self.items[k]
+        return self.load(self.flat[k]) if value is _UNKNOWN else value
+
+
+_UNKNOWN = object()
 
 
 class _KeyPick:
