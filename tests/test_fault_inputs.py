@@ -29,7 +29,7 @@ from helpers import assert_usage_error, cli, wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
-from parsl_flows.engine.failures import UnpicklableError, exception_bytes
+from parsl_flows.engine.failures import UnpicklableError, exception_bytes, traceback_text
 from parsl_flows.engine.runner import runner
 from parsl_flows.lock import RunLockedError
 from parsl_flows.store import FileBasedObjectArray
@@ -640,3 +640,18 @@ def test_a_stored_exception_keeps_its_traceback_as_text_and_its_cause() -> None:
     assert "_raise_from_lookup" in kept.remote_traceback
     assert "KeyError: 7" in kept.remote_traceback  # the chain, as Python prints it
     assert exc.__traceback__ is not None and exc.__cause__.__traceback__ is not None  # untouched
+
+
+def test_a_stored_traceback_is_what_python_prints_without_the_markers() -> None:
+    # Python 3.11+ underlines the failing expression (^^^^), which it finds by compiling
+    # each frame's source line: half the cost of a failed element.  The rest is the same.
+    import traceback
+
+    exc = _raise_from_lookup(3)
+    python = "".join(traceback.format_exception(exc))
+    ours = traceback_text(exc)
+    assert ours.count("Traceback (most recent call last):") == 2
+    assert "The above exception was the direct cause" in ours
+    assert ours.splitlines() == [
+        line for line in python.splitlines() if not line.strip() or set(line.strip()) - {"^", "~"}
+    ]

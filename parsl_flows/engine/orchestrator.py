@@ -95,6 +95,7 @@ class Execution(StepAttempts):
         )
         self.keys = KeyBook()
         self.numbers_back: dict[str, NumbersBack] = {}
+        self._helpers_seen: tuple[Any, ...] | None = None  # what _note_helpers last recorded
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self._presence: dict[str, np.ndarray] = {}  # finished maps' outputs, listed once
         self.done = threading.Event()
@@ -167,10 +168,22 @@ class Execution(StepAttempts):
             logger.error("run %s: cannot remove its lock: %s", self.run_dir.name, e)
 
     def _note_helpers(self) -> None:
+        """Record Parsl's processes and batch jobs in the run's lock, when they changed.
+
+        Looking for the processes scans every process of the machine (tens of
+        milliseconds, far more while another thread holds the GIL), and this is called
+        as each map starts and every half second: only new executors or batch jobs make
+        it look again.
+        """
         dfk = runner.dfk
         parsl_run_dir = None if dfk is None else str(dfk.run_dir)
+        jobs = runner.all_batch_jobs()
+        seen = (id(dfk), parsl_run_dir, tuple(dfk.executors) if dfk else (), tuple(jobs))
+        if seen == self._helpers_seen:
+            return
         try:
-            self.lock.note_helpers(parsl_run_dir, runner.all_batch_jobs())
+            self.lock.note_helpers(parsl_run_dir, jobs)
+            self._helpers_seen = seen
         except OSError as e:  # a full store: the run goes on; a successor finds less to stop
             logger.warning("run %s: cannot update its lock: %s", self.run_dir.name, e)
 
