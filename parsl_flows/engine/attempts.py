@@ -222,6 +222,7 @@ class StepAttempts(MappedInputs):
         suspects: set[int] = set()
         messages: dict[int, str] = {}
         numbers = NumbersBack(node.outputs)
+        sizer = ChunkSizer(workers, fixed)  # a retry's tasks are sized by what was measured
         first = len(todo)
         st.submitted_elements = compress(todo)
         st.n_submitted = first
@@ -248,7 +249,7 @@ class StepAttempts(MappedInputs):
             tasks = StepTasks(st, self._check_stop, lambda: self._save(st), self._note_helpers, log)
             if isinstance(node, Map):  # Parsl and its workers are up once a task is back: the
                 tasks.on_first_result = dataset_writer.start  # helper's start overlaps the map
-            results = tasks.run(alone, rest, make_task, ChunkSizer(workers, fixed))
+            results = tasks.run(alone, rest, make_task, sizer)
             retry: list[np.ndarray] = []
             for tr in results:
                 numbers.add(tr)
