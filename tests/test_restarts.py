@@ -247,3 +247,31 @@ def test_resuming_a_finished_run_does_nothing(local_env, store, caplog):
         again = flows.load_run(r.path).resume()
     assert "nothing to resume" in caplog.text
     assert again.exit_code == 0 and again.status == "finished"
+
+
+def test_keys_that_fail_cost_only_the_reuse_of_that_map(local_env, store, monkeypatch) -> None:
+    # A map's keys are worked out beside it, in a thread: if that fails, the map's elements
+    # still stand; only a later restart cannot reuse them (it recomputes them).
+    from parsl_flows.engine.hashing import KeyBook
+
+    real = KeyBook.node_keys
+
+    def broken(self, node, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if node.name == "double":
+            raise RuntimeError("keys went wrong")
+        return real(self, node, *args, **kwargs)
+
+    monkeypatch.setattr(KeyBook, "node_keys", broken)
+    flow = new_workflow("k").then(map_(double, "x[i] -> y[i]"))
+    run = flows.run(flows.workflow.build(flow.on(local_env), x=[1, 2, 3]), store=store)
+    assert run.exit_code == 0, run.log()
+    assert run.step("double").outputs.return_values.y.to_array().tolist() == [2, 4, 6]
+    assert "cannot be reused later: RuntimeError: keys went wrong" in run.step("double").log()
+    monkeypatch.setattr(KeyBook, "node_keys", real)
+    again = flows.run(run.get_builder_restart(), store=store)
+    assert again.exit_code == 0 and again.step("double").record.n_reused == 0
+
+
+@step(returns="y")
+def double(x: int) -> int:
+    return 2 * x

@@ -145,7 +145,12 @@ class StepAttempts(MappedInputs):
             codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
         finally:  # an interrupted run keeps its keys too: a restart reuses what it has
             if keys_later is not None:
-                keys = keys_later.result()
+                try:
+                    keys = keys_later.result()
+                except Exception as e:  # the elements are fine; only their reuse is lost
+                    logger.exception("keys of step %s", node.name)
+                    log(f"results of this step cannot be reused later: {type(e).__name__}: {e}")
+                    keys = None
                 if keys is not None:
                     np.save(step_dir / KEYS_FILE, keys)
         st.exit_code = 410 if exhausted else exit_code_of(codes.values())
