@@ -19,6 +19,14 @@ Only outputs of which every value had the same type are written, so an element r
 from it is what its file holds: a ``float`` stays a ``float``, a ``numpy.float32`` a
 ``numpy.float32``.
 
+Outputs of other values (small objects: dataclasses, strings, tuples) are not sent
+back.  Each worker task keeps instead the pickles it wrote for its elements that
+succeeded, in one file per task and output, ``numbers/<output>.parts/<name>.pickle``
+(up to :data:`PART_BYTES` a task; a task with bigger values writes none), and the
+driver writes which element is in which part, ``numbers/<output>.index.npz``, with the
+same folder time.  Reading an element from its part is reading its own pickle, without
+a file of its own to open.
+
 This module is imported on workers: standard library and numpy only.
 """
 
@@ -26,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import shutil
 import threading
 import time
 import uuid
@@ -33,16 +43,22 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 __all__ = [
     "KINDS",
+    "PART_BYTES",
     "KnownNumbers",
+    "KnownParts",
+    "PartUnreadable",
     "forget_numbers",
     "kind_of",
     "numbers_path",
     "read_numbers",
     "write_numbers",
+    "write_part",
+    "write_parts_index",
 ]
 
 
@@ -80,10 +96,24 @@ def kind_of(value: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
+#: A worker task keeps the pickles of its elements in a part while they total at most this.
+PART_BYTES = 8 << 20
+
+
 def numbers_path(folder: str | os.PathLike[str]) -> Path:
     """Where the numbers of the element folder ``.../return_values/<output>`` are kept."""
     folder = Path(folder)
     return folder.parent.parent / "numbers" / f"{folder.name}.npz"
+
+
+def _parts_folder(folder: str | os.PathLike[str]) -> Path:
+    folder = Path(folder)
+    return folder.parent.parent / "numbers" / f"{folder.name}.parts"
+
+
+def _index_path(folder: str | os.PathLike[str]) -> Path:
+    folder = Path(folder)
+    return folder.parent.parent / "numbers" / f"{folder.name}.index.npz"
 
 
 class KnownNumbers:
@@ -147,22 +177,121 @@ def _settled_mtime(folder: str | os.PathLike[str]) -> int | None:
     return None
 
 
+class PartUnreadable(Exception):
+    """A part listed in its index cannot be read (removed, damaged): read the files."""
+
+
+class KnownParts:
+    """The elements of one folder that worker tasks kept in parts (see module)."""
+
+    def __init__(
+        self, parts: Path, names: list[str], part_of: np.ndarray, indices: np.ndarray, size: int
+    ) -> None:
+        self.parts, self.names = parts, names
+        self.part_of = part_of  # per held element, in ``indices`` order: its part
+        self.slot = np.zeros(len(indices), dtype=np.int64)  # ... and its place in that part
+        for k in range(len(names)):
+            mine = np.flatnonzero(part_of == k)
+            self.slot[mine] = np.arange(len(mine))
+        self.position = np.full(size, -1, dtype=np.int64)
+        inside = indices < size
+        self.position[indices[inside]] = np.flatnonzero(inside)
+        self._loaded: dict[int, list[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def _part(self, k: int) -> list[bytes]:
+        with self._lock:
+            if k not in self._loaded:
+                path = self.parts / self.names[k]
+                try:
+                    with open(path, "rb") as f:
+                        pickles = pickle.load(f)[1]
+                except (OSError, pickle.UnpicklingError, EOFError, ValueError, IndexError) as e:
+                    raise PartUnreadable(f"{path}: {type(e).__name__}: {e}") from e
+                if len(pickles) != int((self.part_of == k).sum()):
+                    raise PartUnreadable(f"{path} does not hold what its index says")
+                self._loaded[k] = pickles
+            return self._loaded[k]
+
+    def elements(self, positions: np.ndarray) -> list[Any]:
+        """The elements at ``positions``, each loaded from its own pickle (raises
+        :class:`PartUnreadable` when a part cannot be read: the files can)."""
+        parts, slots = self.part_of[positions].tolist(), self.slot[positions].tolist()
+        return [cloudpickle.loads(self._part(k)[j]) for k, j in zip(parts, slots, strict=True)]
+
+
+def write_part(folder: str | os.PathLike[str], indices: list[int], pickles: list[bytes]) -> str:
+    """Keep the ``pickles`` of elements ``indices`` of ``folder`` in a new part; its name.
+
+    A worker calls it at the end of a task, with the bytes it wrote to the elements' files.
+    """
+    parts = _parts_folder(folder)
+    os.makedirs(parts, exist_ok=True)
+    name = f"{indices[0]}-{uuid.uuid4().hex[:12]}.pickle"
+    data = pickle.dumps((np.asarray(indices, dtype=np.int64), pickles), pickle.HIGHEST_PROTOCOL)
+    tmp = parts / f".{name}.tmp"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, parts / name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return name
+
+
+def write_parts_index(folder: str | os.PathLike[str], parts: list[tuple[str, np.ndarray]]) -> bool:
+    """Record which element of ``folder`` is in which part (``(name, indices)`` each), once
+    the folder's elements are all written.  False if the folder keeps changing."""
+    stamp = _settled_mtime(folder)
+    if stamp is None or not parts:
+        return False
+    path = _index_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
+    try:
+        np.savez(
+            tmp,
+            names=np.array([name for name, _ in parts]),
+            indices=np.concatenate([idx for _, idx in parts]).astype(np.int64),
+            part_of=np.concatenate(
+                [np.full(len(idx), k, dtype=np.int32) for k, (_, idx) in enumerate(parts)]
+            ),
+            folder_mtime_ns=np.array(stamp, dtype=np.int64),
+        )
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return True
+
+
 def forget_numbers(folder: str | os.PathLike[str]) -> None:
-    """Remove the numbers file of ``folder``: its elements are about to change."""
+    """Remove what is kept of ``folder``'s elements: they are about to change."""
     numbers_path(folder).unlink(missing_ok=True)
+    _index_path(folder).unlink(missing_ok=True)
+    shutil.rmtree(_parts_folder(folder), ignore_errors=True)
 
 
 # The last few numbers files read, by (file, its mtime, its folder's mtime): a worker runs
 # many tasks over one input, and FileBasedObjectArray slices read it once per slice.
-_READ: dict[tuple[str, int, int, int], KnownNumbers] = {}
+_READ: dict[tuple[str, int, int, int], KnownNumbers | KnownParts] = {}
 _READ_LIMIT = 4
 _READ_LOCK = threading.Lock()
 
 
-def read_numbers(folder: str | os.PathLike[str], size: int) -> KnownNumbers | None:
-    """The numbers kept for ``folder`` (an array of ``size`` elements); None when there
-    are none, or the folder changed since they were written, or the file is unreadable."""
-    path = numbers_path(folder)
+def read_numbers(folder: str | os.PathLike[str], size: int) -> KnownNumbers | KnownParts | None:
+    """What is kept of ``folder``'s elements (an array of ``size``): its numbers, else its
+    parts; None when there is nothing, or the folder changed since, or it is unreadable."""
+    known = _read_kept(folder, size, numbers_path(folder))
+    return known if known is not None else _read_kept(folder, size, _index_path(folder))
+
+
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _read_kept(
+    folder: str | os.PathLike[str], size: int, path: Path
+) -> KnownNumbers | KnownParts | None:
     try:
         file_mtime = os.stat(path).st_mtime_ns
         folder_mtime = os.stat(folder).st_mtime_ns
@@ -172,21 +301,22 @@ def read_numbers(folder: str | os.PathLike[str], size: int) -> KnownNumbers | No
     with _READ_LOCK:
         if key in _READ:
             return _READ[key]
+    known: KnownNumbers | KnownParts
     try:
         with np.load(path, allow_pickle=False) as data:
             if int(data["folder_mtime_ns"]) != folder_mtime:
                 return None  # the folder changed: its files are the truth
-            kind = str(data["kind"])
-            known = KnownNumbers(data["indices"], data["values"], kind, size)
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        EOFError,
-        zipfile.BadZipFile,
-    ):  # damaged: the files are still there
-        return None
-    if known.kind not in KINDS or len(known.indices) != len(known.values):
+            if "names" in data:
+                names = [str(n) for n in data["names"]]
+                part_of, indices = data["part_of"], data["indices"]
+                if len(part_of) != len(indices) or (len(part_of) and part_of.max() >= len(names)):
+                    return None
+                known = KnownParts(_parts_folder(folder), names, part_of, indices, size)
+            else:
+                known = KnownNumbers(data["indices"], data["values"], str(data["kind"]), size)
+                if known.kind not in KINDS or len(known.indices) != len(known.values):
+                    return None
+    except _DAMAGED:  # the element files are still there
         return None
     with _READ_LOCK:
         if len(_READ) >= _READ_LIMIT:

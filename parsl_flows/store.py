@@ -25,6 +25,7 @@ and the driver both use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,7 +52,7 @@ from .files import (
     write_json,
     write_pickle,
 )
-from .numbers_file import read_numbers
+from .numbers_file import PartUnreadable, read_numbers
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -151,14 +152,15 @@ class FileBasedObjectArray:
         wanted = np.flatnonzero(np.isin(flat, present_indices(self.folder)))
         values = np.empty(flat.size, dtype=object)
         mask = np.ones(flat.size, dtype=bool)
-        known = read_numbers(self.folder, self.size)  # a map's plain numbers, in one file
+        known = read_numbers(self.folder, self.size)  # what the map kept of its elements
         if known is not None:
             where = known.position[flat[wanted]]
             held = where >= 0
-            elements = known.elements(where[held])
-            values[wanted[held]] = np.fromiter(elements, dtype=object, count=len(elements))
-            mask[wanted[held]] = False
-            wanted = wanted[~held]
+            with contextlib.suppress(PartUnreadable):  # then every file is read
+                elements = known.elements(where[held])
+                values[wanted[held]] = np.fromiter(elements, dtype=object, count=len(elements))
+                mask[wanted[held]] = False
+                wanted = wanted[~held]
         loaded = load_elements(self.folder, flat[wanted])  # in parallel: many small files
         for pos, value in zip(wanted.tolist(), loaded, strict=True):
             if value is not MISSING_ELEMENT:

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 import parsl_flows as flows
 from parsl_flows.dataset.reading import _read_output
 from parsl_flows.engine.numbers_back import NumbersBack
+from parsl_flows.engine.task_outputs import number_arrays
 from parsl_flows.engine.worker import (
     OK,
     USER_ERROR,
     Source,
     TaskResult,
     TaskSpec,
-    _number_arrays,
     run_task,
 )
 from parsl_flows.files import dumps, write_element
@@ -117,7 +117,7 @@ def test_numbers_sent_back_give_the_dataset_that_reading_the_files_gives(
     back = NumbersBack(["out"])
     bounds = [0, *sorted(c for c in cuts if c < len(values)), len(values)]
     for lo, hi in pairwise(bounds):
-        sent = _number_arrays({"out": list(values[lo:hi])})
+        sent = number_arrays({"out": list(values[lo:hi])})
         back.add(TaskResult(np.arange(lo, hi), np.zeros(hi - lo, dtype=np.int16), values=sent))
     shape = (len(values) + 1,)  # one element more, without a file: masked
     from_files = _read_output(folder, shape, None)

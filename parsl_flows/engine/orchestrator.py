@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import EXIT_CODES
 from ..lock import RunLock
-from ..numbers_file import KINDS, write_numbers
+from ..numbers_file import KINDS, write_numbers, write_parts_index
 from ..status import RunRecord, StepStatus
 from ..workflow import Call, Map, Workflow
 from . import stopping
@@ -268,16 +268,23 @@ class Execution(StepAttempts):
             logger.warning("could not write %s: %s", step_dir / "dataset.nc", error)
 
     def _keep_numbers(
-        self, step_dir: Path, known: dict[str, tuple[np.ndarray, np.ndarray]], kinds: dict[str, str]
+        self,
+        step_dir: Path,
+        known: dict[str, tuple[np.ndarray, np.ndarray]],
+        kinds: dict[str, str],
+        parts: dict[str, list[tuple[str, np.ndarray]]],
     ) -> None:
-        """Write the numbers files of a map's outputs of one type (see ``numbers_file``)."""
-        for out, (indices, values) in known.items():
-            if kinds.get(out) not in KINDS:
-                continue
+        """Keep what the next steps read of a map's outputs (see ``numbers_file``): the
+        numbers of an output of one type, else the index of the parts its tasks wrote."""
+        for out in dict.fromkeys([*known, *parts]):
+            folder = step_dir / "return_values" / out
             try:
-                write_numbers(step_dir / "return_values" / out, indices, values, kinds[out])
+                if out in known and kinds.get(out) in KINDS:
+                    write_numbers(folder, *known[out], kinds[out])
+                elif out in parts:
+                    write_parts_index(folder, parts[out])
             except OSError as e:  # a full store: readers take the element files
-                logger.warning("cannot write the numbers of %s: %s", step_dir / out, e)
+                logger.warning("cannot keep the numbers of %s: %s", folder, e)
 
     def step_dir(self, st: StepStatus) -> Path:
         return self.run_dir / "steps" / st.dirname
@@ -317,7 +324,7 @@ class Execution(StepAttempts):
         known = back.known() if back is not None else {}
         if isinstance(node, Map) and not self.stopping.is_set():
             if back is not None:  # before the steps that read this map start
-                self._keep_numbers(self.step_dir(st), known, back.kinds())
+                self._keep_numbers(self.step_dir(st), known, back.kinds(), back.parts())
             # dataset.nc is written beside the run, not before the steps that wait for
             # this one: a second or more for a big map.
             self._datasets.submit(self._write_step_dataset, self.step_dir(st), known)

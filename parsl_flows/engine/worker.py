@@ -28,7 +28,12 @@ from typing import Any
 import numpy as np
 
 from ..mapspec import MapSpec
-from ..numbers_file import KnownNumbers, kind_of, read_numbers
+from ..numbers_file import (
+    KnownNumbers,
+    KnownParts,
+    PartUnreadable,
+    read_numbers,
+)
 from ..shapes import as_element_array, as_mapped_array
 from ..step import MissingOutputError, format_walltime
 from ..store import (
@@ -40,6 +45,7 @@ from ..store import (
     write_pickle,
 )
 from .failures import UnpicklableError, store_failure
+from .task_outputs import TaskOutputs
 from .walltime import Deadline, WalltimeExceeded
 
 __all__ = [
@@ -112,6 +118,9 @@ class TaskResult:
     #: Per output in ``values``, the type of every one of its values (``numbers_file``
     #: kind names), or "" when they are not all of one type.
     kinds: dict[str, str] = field(default_factory=dict)
+    #: Per output not in ``values``, the part (``numbers_file``) that keeps the pickles of
+    #: the elements that succeeded, in order.
+    parts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, verdicts: list[tuple[int, int, str]]) -> TaskResult:
@@ -198,43 +207,21 @@ def run_task(task: TaskSpec) -> TaskResult:
     indices = np.asarray(task.indices, dtype=np.int64)
     codes = np.zeros(len(indices), dtype=np.int16)
     failures: dict[int, tuple[str, bool]] = {}
-    numbers: dict[str, list[Any] | None] = {out: [] for out in step.returns} if spec else {}
+    kept = TaskOutputs(step.returns) if spec else None
     start = time.perf_counter()
     for k, n in enumerate(task.indices):
         kwargs = dict(broadcast)
         for name, get in getters:
             kwargs[name] = get(k)
-        code, message, retryable = _run_element(task, step, kwargs, out_dirs, n, numbers)
+        code, message, retryable = _run_element(task, step, kwargs, out_dirs, n, kept)
         if code:
             codes[k] = code
             failures[n] = (message, retryable)
     seconds = time.perf_counter() - start
     host = os.uname().nodename
     job = os.environ.get("SLURM_JOB_ID", "")
-    values = _number_arrays(numbers)
-    kinds = {out: _one_kind(numbers[out]) for out in values}
-    return TaskResult(indices, codes, seconds, failures, host, job, values, kinds)
-
-
-def _one_kind(values: list[Any] | None) -> str:
-    types = set(map(type, values or ()))
-    return kind_of(values[0]) if values and len(types) == 1 else ""
-
-
-#: The types of the values sent back in ``TaskResult.values``: numbers that numpy holds
-#: exactly as the element's file does.
-_NUMBER_TYPES = frozenset(
-    {float, int, bool, complex, np.float64, np.float32, np.int64, np.int32, np.bool_}
-)
-
-
-def _number_arrays(numbers: dict[str, list[Any] | None]) -> dict[str, np.ndarray]:
-    arrays = {}
-    for out, values in numbers.items():
-        if values:  # none at all says nothing of the dtype
-            with contextlib.suppress(OverflowError):  # an int past int64: read from its file
-                arrays[out] = np.asarray(values)
-    return arrays
+    values, kinds, parts = kept.finish(dict(out_dirs)) if kept else ({}, {}, {})
+    return TaskResult(indices, codes, seconds, failures, host, job, values, kinds, parts)
 
 
 def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Callable[[int], Any]]]:
@@ -272,10 +259,13 @@ def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Cal
         flat = np.asarray(np.ravel_multi_index(tuple(axes[p] for p in axis_of), shape)).tolist()
         if isinstance(data, FileBasedObjectArray):
             known = read_numbers(data.folder, data.size)
-            if known is not None:  # the map's numbers file: no file read for what it holds
-                getters.append((arr.name, _KnownPick(known, flat, data._load)))
-            else:
-                getters.append((arr.name, _ItemPick(data._load, flat)))  # one file an element
+            try:  # what the map kept of its elements: no file read for what it holds
+                pick: Callable[[int], Any] = _ItemPick(data._load, flat)  # one file an element
+                if known is not None:
+                    pick = _KnownPick(known, flat, data._load)
+            except PartUnreadable:
+                pass
+            getters.append((arr.name, pick))
         else:
             items = data.reshape(-1, *data.shape[len(axis_of) :])
             getters.append((arr.name, _ItemPick(items.__getitem__, flat)))
@@ -297,7 +287,9 @@ class _KnownPick:
     """An element's item of a map output with a numbers file: from the file's values, or
     (an element it does not hold, reused from an earlier run, say) from its own file."""
 
-    def __init__(self, known: KnownNumbers, flat: list[int], load: Callable[[int], Any]) -> None:
+    def __init__(
+        self, known: KnownNumbers | KnownParts, flat: list[int], load: Callable[[int], Any]
+    ) -> None:
         where = known.position[np.asarray(flat, dtype=np.int64)]
         held = where >= 0
         self.items: list[Any] = [_UNKNOWN] * len(flat)
@@ -339,11 +331,11 @@ def _run_element(
     kwargs: dict[str, Any],
     out_dirs: list[tuple[str, str]],
     n: int,
-    numbers: dict[str, list[Any] | None],
+    kept: TaskOutputs | None = None,
 ) -> tuple[int, str, bool]:
     """Compute element ``n`` and store its outputs or its exception: (code, message, retryable).
 
-    The values of outputs that are plain numbers so far are added to ``numbers``.
+    What the element gave, and the pickles written, are added to ``kept`` (a map's task).
 
     Anything the element raises, ``SystemExit`` and ``KeyboardInterrupt`` included, fails
     that element alone.  A store that cannot take the result (full, read-only) is an
@@ -369,10 +361,13 @@ def _run_element(
         retryable = task.retry_on is None or isinstance(e, task.retry_on)
         return code, store_failure(step.returns, step_dir, n, e), retryable
     out = ""
+    written: list[tuple[str, bytes]] = []
     try:
         for out, folder in out_dirs:
             value = outputs[out]
-            write_element(folder, n, dumps(value))
+            data = dumps(value)
+            write_element(folder, n, data)
+            written.append((out, data))
     except OSError as e:  # the store is full or read-only
         full = OSError(e.errno, f"cannot write element {n}'s result to the store: {e}")
         return INFRASTRUCTURE, store_failure(step.returns, step_dir, n, full), True
@@ -383,11 +378,6 @@ def _run_element(
             "data (numbers, arrays, dataclasses), not open files, locks or generators"
         )
         return USER_ERROR, store_failure(step.returns, step_dir, n, unpicklable), True
-    for out, values in numbers.items():
-        if values is not None:
-            value = outputs[out]
-            if type(value) in _NUMBER_TYPES:
-                values.append(value)
-            else:
-                numbers[out] = None
+    if kept is not None:
+        kept.add(n, outputs, written)
     return OK, "", True
