@@ -41,7 +41,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 import numpy as np
@@ -147,20 +147,25 @@ def write_numbers(
     if stamp is None:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
+    _save_npz(
+        path,
+        indices=np.asarray(indices, dtype=np.int64),
+        values=np.asarray(values),
+        kind=np.array(kind),
+        folder_mtime_ns=np.array(stamp, dtype=np.int64),
+    )
+    return True
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``arrays`` into ``path``, whole or not at all (a temporary name, then renamed)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
     try:
-        np.savez(
-            tmp,
-            indices=np.asarray(indices, dtype=np.int64),
-            values=np.asarray(values),
-            kind=np.array(kind),
-            folder_mtime_ns=np.array(stamp, dtype=np.int64),
-        )
+        np.savez(tmp, **cast(dict[str, Any], arrays))
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return True
 
 
 def _settled_mtime(folder: str | os.PathLike[str]) -> int | None:
@@ -247,21 +252,15 @@ def write_parts_index(folder: str | os.PathLike[str], parts: list[tuple[str, np.
         return False
     path = _index_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
-    try:
-        np.savez(
-            tmp,
-            names=np.array([name for name, _ in parts]),
-            indices=np.concatenate([idx for _, idx in parts]).astype(np.int64),
-            part_of=np.concatenate(
-                [np.full(len(idx), k, dtype=np.int32) for k, (_, idx) in enumerate(parts)]
-            ),
-            folder_mtime_ns=np.array(stamp, dtype=np.int64),
-        )
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    _save_npz(
+        path,
+        names=np.array([name for name, _ in parts]),
+        indices=np.concatenate([idx for _, idx in parts]).astype(np.int64),
+        part_of=np.concatenate(
+            [np.full(len(idx), k, dtype=np.int32) for k, (_, idx) in enumerate(parts)]
+        ),
+        folder_mtime_ns=np.array(stamp, dtype=np.int64),
+    )
     return True
 
 
