@@ -38,6 +38,7 @@ __all__ = [
     "present_indices",
     "read_exception",
     "read_json",
+    "write_bytes",
     "write_element",
     "write_json",
     "write_pickle",
@@ -55,7 +56,8 @@ def default_store(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(store).expanduser().resolve()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary name, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -108,7 +110,7 @@ def dumps(value: Any) -> bytes:
 
 def write_pickle(path: Path, value: Any) -> None:
     """Pickle ``value`` to ``path`` atomically (cloudpickle, so lambdas and classes travel)."""
-    _atomic_write(path, dumps(value))
+    write_bytes(path, dumps(value))
 
 
 class DamagedFileError(ValueError):
@@ -185,7 +187,7 @@ def read_exception(path: Path) -> str:
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
-    _atomic_write(path, json.dumps(record, indent=1, default=_json_default).encode())
+    write_bytes(path, json.dumps(record, indent=1, default=_json_default).encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:

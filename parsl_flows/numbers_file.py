@@ -32,7 +32,7 @@ This module is imported on workers: standard library and numpy only.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
 import pickle
 import shutil
@@ -45,6 +45,8 @@ from typing import Any, cast
 
 import cloudpickle
 import numpy as np
+
+from .files import write_bytes
 
 __all__ = [
     "KINDS",
@@ -116,15 +118,20 @@ def _index_path(folder: str | os.PathLike[str]) -> Path:
     return folder.parent.parent / "numbers" / f"{folder.name}.index.npz"
 
 
+def _positions(indices: np.ndarray, size: int) -> np.ndarray:
+    """For each linear index of an array of ``size``, its place in ``indices``; -1 if none."""
+    position = np.full(size, -1, dtype=np.int64)
+    inside = indices < size
+    position[indices[inside]] = np.flatnonzero(inside)
+    return position
+
+
 class KnownNumbers:
     """The elements of one folder that a numbers file holds: ``indices`` and ``values``."""
 
     def __init__(self, indices: np.ndarray, values: np.ndarray, kind: str, size: int) -> None:
         self.indices, self.values, self.kind = indices, values, kind
-        #: For each linear index of the array, its position in ``values``; -1 if unknown.
-        self.position = np.full(size, -1, dtype=np.int64)
-        inside = indices < size
-        self.position[indices[inside]] = np.flatnonzero(inside)
+        self.position = _positions(indices, size)
 
     def elements(self, positions: np.ndarray) -> list[Any]:
         """The elements at ``positions`` of ``values``, as their files hold them."""
@@ -142,13 +149,11 @@ def write_numbers(
     """
     if kind not in KINDS:
         raise ValueError(f"a numbers file holds only {sorted(KINDS)}, not {kind!r}")
-    path = numbers_path(folder)
     stamp = _settled_mtime(folder)
     if stamp is None:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     _save_npz(
-        path,
+        numbers_path(folder),
         indices=np.asarray(indices, dtype=np.int64),
         values=np.asarray(values),
         kind=np.array(kind),
@@ -158,14 +163,10 @@ def write_numbers(
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``arrays`` into ``path``, whole or not at all (a temporary name, then renamed)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
-    try:
-        np.savez(tmp, **cast(dict[str, Any], arrays))
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """``arrays`` into ``path``, whole or not at all."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **cast(dict[str, Any], arrays))
+    write_bytes(path, buffer.getvalue())
 
 
 def _settled_mtime(folder: str | os.PathLike[str]) -> int | None:
@@ -194,35 +195,32 @@ class KnownParts:
     ) -> None:
         self.parts, self.names = parts, names
         self.part_of = part_of  # per held element, in ``indices`` order: its part
-        self.slot = np.zeros(len(indices), dtype=np.int64)  # ... and its place in that part
-        for k in range(len(names)):
-            mine = np.flatnonzero(part_of == k)
-            self.slot[mine] = np.arange(len(mine))
-        self.position = np.full(size, -1, dtype=np.int64)
-        inside = indices < size
-        self.position[indices[inside]] = np.flatnonzero(inside)
-        self._loaded: dict[int, list[bytes]] = {}
-        self._lock = threading.Lock()
+        self.count = np.bincount(part_of, minlength=len(names))  # elements per part
+        # ... and its place in that part: its rank among the elements of its part.
+        order = np.argsort(part_of, kind="stable")
+        first = np.cumsum(self.count) - self.count
+        self.slot = np.empty(len(part_of), dtype=np.int64)
+        self.slot[order] = np.arange(len(part_of)) - first[part_of[order]]
+        self.position = _positions(indices, size)
 
     def _part(self, k: int) -> list[bytes]:
-        with self._lock:
-            if k not in self._loaded:
-                path = self.parts / self.names[k]
-                try:
-                    with open(path, "rb") as f:
-                        pickles = pickle.load(f)[1]
-                except (OSError, pickle.UnpicklingError, EOFError, ValueError, IndexError) as e:
-                    raise PartUnreadable(f"{path}: {type(e).__name__}: {e}") from e
-                if len(pickles) != int((self.part_of == k).sum()):
-                    raise PartUnreadable(f"{path} does not hold what its index says")
-                self._loaded[k] = pickles
-            return self._loaded[k]
+        path = self.parts / self.names[k]
+        try:
+            with open(path, "rb") as f:
+                pickles: list[bytes] = pickle.load(f)[1]
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError, IndexError) as e:
+            raise PartUnreadable(f"{path}: {type(e).__name__}: {e}") from e
+        if len(pickles) != self.count[k]:
+            raise PartUnreadable(f"{path} does not hold what its index says")
+        return pickles
 
     def elements(self, positions: np.ndarray) -> list[Any]:
         """The elements at ``positions``, each loaded from its own pickle (raises
-        :class:`PartUnreadable` when a part cannot be read: the files can)."""
+        :class:`PartUnreadable` when a part cannot be read: the files can).  Each part
+        is read once per call, and not kept: a reader holds only what it asked for."""
         parts, slots = self.part_of[positions].tolist(), self.slot[positions].tolist()
-        return [cloudpickle.loads(self._part(k)[j]) for k, j in zip(parts, slots, strict=True)]
+        loaded = {k: self._part(k) for k in dict.fromkeys(parts)}
+        return [cloudpickle.loads(loaded[k][j]) for k, j in zip(parts, slots, strict=True)]
 
 
 def write_part(folder: str | os.PathLike[str], indices: list[int], pickles: list[bytes]) -> str:
@@ -230,17 +228,9 @@ def write_part(folder: str | os.PathLike[str], indices: list[int], pickles: list
 
     A worker calls it at the end of a task, with the bytes it wrote to the elements' files.
     """
-    parts = _parts_folder(folder)
-    os.makedirs(parts, exist_ok=True)
     name = f"{indices[0]}-{uuid.uuid4().hex[:12]}.pickle"
     data = pickle.dumps((np.asarray(indices, dtype=np.int64), pickles), pickle.HIGHEST_PROTOCOL)
-    tmp = parts / f".{name}.tmp"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, parts / name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_bytes(_parts_folder(folder) / name, data)
     return name
 
 
@@ -250,10 +240,8 @@ def write_parts_index(folder: str | os.PathLike[str], parts: list[tuple[str, np.
     stamp = _settled_mtime(folder)
     if stamp is None or not parts:
         return False
-    path = _index_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _save_npz(
-        path,
+        _index_path(folder),
         names=np.array([name for name, _ in parts]),
         indices=np.concatenate([idx for _, idx in parts]).astype(np.int64),
         part_of=np.concatenate(

@@ -13,7 +13,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +66,9 @@ def exit_code_of(codes: Iterable[int]) -> int:
     return OK
 
 
-def _in_background(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """``fn(*args)`` in a thread of its own; its result (or exception) in the future."""
-    future: Future[Any] = Future()
-
-    def work() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as e:  # given to whoever asks for the result
-            future.set_exception(e)
-
-    threading.Thread(target=work, name="element-keys", daemon=True).start()
-    return future
+#: Where maps' element keys are worked out while their elements run (maps side by side
+#: each get a thread).
+_KEYS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="element-keys")
 
 
 class StepAttempts(MappedInputs):
@@ -128,7 +119,7 @@ class StepAttempts(MappedInputs):
         keys_later: Future[np.ndarray | None] | None = None
         keys: np.ndarray | None = None
         if isinstance(node, Map) and self.reuse_from is None:
-            keys_later = _in_background(self._element_keys, node, params, shape, log)
+            keys_later = _KEYS.submit(self._element_keys, node, params, shape, log)
         else:
             keys = self._element_keys(node, params, shape, log)
             if keys is not None:

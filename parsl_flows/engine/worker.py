@@ -258,14 +258,7 @@ def _mapped_getters(task: TaskSpec, spec: MapSpec | None) -> list[tuple[str, Cal
         shape = tuple(data.shape[: len(axis_of)])
         flat = np.asarray(np.ravel_multi_index(tuple(axes[p] for p in axis_of), shape)).tolist()
         if isinstance(data, FileBasedObjectArray):
-            known = read_numbers(data.folder, data.size)
-            try:  # what the map kept of its elements: no file read for what it holds
-                pick: Callable[[int], Any] = _ItemPick(data._load, flat)  # one file an element
-                if known is not None:
-                    pick = _KnownPick(known, flat, data._load)
-            except PartUnreadable:
-                pass
-            getters.append((arr.name, pick))
+            getters.append((arr.name, _pick_from_map(data, flat)))
         else:
             items = data.reshape(-1, *data.shape[len(axis_of) :])
             getters.append((arr.name, _ItemPick(items.__getitem__, flat)))
@@ -281,6 +274,16 @@ class _ItemPick:
 
     def __call__(self, k: int) -> Any:
         return self.get(self.flat[k])
+
+
+def _pick_from_map(data: FileBasedObjectArray, flat: list[int]) -> Callable[[int], Any]:
+    """Items of a map output: from what the map kept of them (``numbers_file``) where it
+    can, else one file an element."""
+    known = read_numbers(data.folder, data.size)
+    if known is not None:
+        with contextlib.suppress(PartUnreadable):
+            return _KnownPick(known, flat, data._load)
+    return _ItemPick(data._load, flat)
 
 
 class _KnownPick:
