@@ -39,6 +39,7 @@ __all__ = [
     "read_exception",
     "read_json",
     "write_bytes",
+    "remove_element",
     "write_element",
     "write_json",
     "write_pickle",
@@ -85,6 +86,12 @@ def write_element(folder: str, n: int, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_element(folder: str, n: int) -> None:
+    """Remove element ``n``'s file from ``folder``, if it is there (the worker's path)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{folder}/__{n}__.pickle")
 
 
 # Types whose pickle is the same from pickle and cloudpickle, made many times faster by

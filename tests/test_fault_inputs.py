@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -653,5 +654,66 @@ def test_a_stored_traceback_is_what_python_prints_without_the_markers() -> None:
     assert ours.count("Traceback (most recent call last):") == 2
     assert "The above exception was the direct cause" in ours
     assert ours.splitlines() == [
+        line for line in python.splitlines() if not line.strip() or set(line.strip()) - {"^", "~"}
+    ]
+
+
+def _caught(fn: Callable[[], object]) -> BaseException:
+    try:
+        fn()
+    except BaseException as e:
+        return e
+    raise AssertionError("did not raise")
+
+
+def _during_handling() -> None:
+    try:
+        _raise_now(ValueError("first"))
+    except ValueError:
+        _raise_now(RuntimeError("while handling the first"))
+
+
+def _context_suppressed() -> None:
+    try:
+        _raise_now(ValueError("hidden"))
+    except ValueError:
+        raise TypeError("shown alone") from None
+
+
+def _noted() -> None:
+    e = ValueError("with a note")
+    e.add_note("sample 12 of the sweep")
+    raise e
+
+
+def _cycle() -> None:
+    a, b = ValueError("a"), KeyError("b")
+    a.__context__, b.__context__ = b, a
+    raise a
+
+
+def _group() -> None:
+    raise ExceptionGroup("two at once", [ValueError(1), KeyError(2)])
+
+
+def _raise_now(e: BaseException) -> None:
+    raise e
+
+
+@pytest.mark.parametrize(
+    "raising", [_during_handling, _context_suppressed, _noted, _cycle, _group, lambda: 1 / 0]
+)
+def test_a_stored_traceback_follows_every_chain_as_python_prints_it(
+    raising: Callable[[], object],
+) -> None:
+    # traceback_text builds the text from file names and line numbers (Python's own
+    # TracebackException walks each frame's code for column positions: most of what a
+    # failed element cost); contexts, suppressed contexts, notes, cycles and groups must
+    # still read as Python prints them, minus the ^^^ markers.
+    import traceback
+
+    exc = _caught(raising)
+    python = "".join(traceback.format_exception(exc))
+    assert traceback_text(exc).splitlines() == [
         line for line in python.splitlines() if not line.strip() or set(line.strip()) - {"^", "~"}
     ]

@@ -12,12 +12,11 @@ import os
 import pickle
 import traceback
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
-from ..store import element_path, write_element
+from ..store import remove_element, write_element
 
 __all__ = [
     "UnpicklableError",
@@ -80,7 +79,52 @@ class _PlainStack(traceback.StackSummary):
 
 
 def traceback_text(exc: BaseException) -> str:
-    """The text Python prints for ``exc`` (its causes and contexts too), minus the markers."""
+    """The text Python prints for ``exc`` (its causes and contexts too), minus the markers.
+
+    Built from the frames' file names and line numbers alone: Python's own
+    ``TracebackException`` also finds each frame's column positions, by walking the
+    frame's whole code, which was most of what a failed element cost the worker.  An
+    exception group takes that slower way, which knows how to print its members.
+    """
+    parts: list[str] = []
+    for e, header in _printed_chain(exc):
+        if isinstance(e, BaseExceptionGroup):
+            return _full_traceback_text(exc)
+        parts.append(header)
+        if e.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts += _PlainStack.extract(traceback.walk_tb(e.__traceback__)).format()
+        parts += traceback.format_exception_only(type(e), e)
+    return "".join(parts)
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _printed_chain(exc: BaseException) -> list[tuple[BaseException, str]]:
+    """``exc`` and what it was raised from or during, oldest first, as Python follows them
+    (a suppressed context is left out, each exception once); with each, the line Python
+    prints between the older exception and it."""
+    chain: list[tuple[BaseException, str]] = []
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None:
+        seen.add(id(e))
+        older: BaseException | None = None
+        header = ""
+        if e.__cause__ is not None:
+            older, header = e.__cause__, _CAUSE
+        elif e.__context__ is not None and not e.__suppress_context__:
+            older, header = e.__context__, _CONTEXT
+        if older is not None and id(older) in seen:
+            older, header = None, ""
+        chain.append((e, header))
+        e = older
+    return chain[::-1]
+
+
+def _full_traceback_text(exc: BaseException) -> str:
     te = traceback.TracebackException.from_exception(exc)
     seen: set[int] = set()
     todo: list[traceback.TracebackException | None] = [te]
@@ -122,14 +166,22 @@ class UnpicklableError(Exception):
 
 
 def store_failure(outputs: Iterable[str], folder: str, n: int, e: BaseException) -> str:
-    """Remove element ``n``'s outputs, keep ``e`` as its exception; the message for the driver."""
+    """Remove element ``n``'s outputs, keep ``e`` as its exception; the message for the driver.
+
+    On the worker's path, as cheap as writing a result: the ``exception`` folder is made
+    by the first failure that finds it missing, not checked by each.
+    """
     message = describe(e)
     try:
         for out in outputs:  # an element is whole or absent, never half-written
-            element_path(Path(folder) / "return_values" / out, n).unlink(missing_ok=True)
+            remove_element(f"{folder}/return_values/{out}", n)
         exc_dir = f"{folder}/exception"
-        os.makedirs(exc_dir, exist_ok=True)
-        write_element(exc_dir, n, exception_bytes(e))
+        data = exception_bytes(e)
+        try:
+            write_element(exc_dir, n, data)
+        except FileNotFoundError:
+            os.makedirs(exc_dir, exist_ok=True)
+            write_element(exc_dir, n, data)
     except OSError as store_error:
         message += f" (and its exception could not be stored: {store_error})"
     return message[:500]
