@@ -50,6 +50,7 @@ from .files import write_bytes
 
 __all__ = [
     "KINDS",
+    "NUMERIC_KINDS",
     "PART_BYTES",
     "KnownNumbers",
     "KnownParts",
@@ -85,6 +86,10 @@ KINDS = {
     "numpy.int32": _numpy,
     "numpy.bool": _numpy,
 }
+
+#: The kinds whose arrays are what ``FileBasedObjectArray.to_array()`` gives for them (a
+#: numeric dtype), without making an object per element: not bools, kept as objects.
+NUMERIC_KINDS = frozenset(KINDS) - {"builtins.bool", "numpy.bool"}
 
 
 #: How long an element folder must have been left alone before its numbers are written.

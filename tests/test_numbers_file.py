@@ -80,6 +80,21 @@ def test_readers_get_from_it_exactly_what_the_files_hold(tmp_path: Path, name: s
         assert [type(v) for v in have.data.ravel()] == [type(v) for v in want.data.ravel()]
 
 
+@pytest.mark.parametrize("name", list(VALUES))
+def test_an_element_missing_reads_the_same_with_the_numbers(tmp_path: Path, name: str) -> None:
+    # Numbers of a numeric kind become the array at once, not an object per element.
+    values = VALUES[name]
+    folder = an_output(tmp_path, values)
+    os.unlink(folder / "__2__.pickle")
+    expected = FileBasedObjectArray(folder, (2, 2)).to_array()
+    keep(folder, values, [0, 1, 3])
+    have = FileBasedObjectArray(folder, (2, 2)).to_array()
+    assert read_numbers(folder, 4) is not None
+    assert have.dtype == expected.dtype and have.mask.tolist() == [[False, False], [True, False]]
+    assert elements(have) == elements(expected)
+    assert [type(v) for v in have.data.ravel()] == [type(v) for v in expected.data.ravel()]
+
+
 def test_a_folder_changed_since_makes_it_stale(tmp_path: Path) -> None:
     folder = an_output(tmp_path, [1.0, 2.0, 3.0, 4.0])
     keep(folder, [1.0, 2.0, 3.0, 4.0])

@@ -27,6 +27,7 @@ from ..store import (
     drop_damaged,
     element_path,
     present_indices,
+    remove_element,
 )
 from ..workflow import Call, Map
 from .chunking import ChunkSizer
@@ -236,8 +237,9 @@ class StepAttempts(MappedInputs):
             else:
                 log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
             # A stale exception would read as this attempt's error if its task is lost.
-            for n in common(present_indices(step_dir / "exception"), todo):
-                element_path(step_dir / "exception", int(n)).unlink(missing_ok=True)
+            exc_dir = step_dir / "exception"
+            for n in common(present_indices(exc_dir), todo).tolist():
+                remove_element(str(exc_dir), n)
             self._save(st)
             lone = common(todo, np.fromiter(suspects, dtype=np.int64, count=len(suspects)))
             alone: list[tuple[int, ...]] = [(n,) for n in lone.tolist()]
