@@ -37,6 +37,9 @@ differences are what each system holds in memory.  For parsl_flows, "first s" is
 from the ``flows.run`` call to the first element file of the first map (cold: Parsl and its
 workers start inside it), and "helper MB" the peak memory of the helper process that
 writes the ``dataset.nc`` files (``engine/datasets.py``), which is not in the driver's.
+For bare Parsl, "first s" is from ``parsl.load`` to the result of its first app, one
+trivial call: Parsl's own start-up (interchange, worker pool, workers) on this machine,
+the floor under parsl_flows cold's first file.
 Machines here are noisy: compare figures from one invocation, not across days.
 """
 
@@ -206,17 +209,21 @@ def chunked(
 
 def bare_parsl_once(
     n: int, boxed: bool, workdir: Path, submit: Callable[..., Any]
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """The time of the maps with Parsl up, their mean of c, and how long Parsl took from
+    ``parsl.load`` to its first app's result (its start-up: not in the first figure)."""
     config = local_config(label="bare")
     config.run_dir = str(workdir / "runinfo")
+    t = time.perf_counter()
     dfk: DataFlowKernel = parsl.load(config)
     try:
         python_app(work.as_float, executors=["bare"])(1).result()  # workers up: not timed
+        first = time.perf_counter() - t
         v_left, v_right = work.voltages(n)
         e, c = folders(workdir)
         t = time.perf_counter()
         mean = submit("bare", v_left, v_right, boxed, e, c).result()
-        return time.perf_counter() - t, mean
+        return time.perf_counter() - t, mean, first
     finally:
         dfk.cleanup()
 
@@ -229,10 +236,10 @@ def run_only(system: str, n: int, boxed: bool, workdir: Path) -> dict[str, Any]:
     extra: dict[str, float] = {}
     if system == "serial":
         seconds, mean = serial_once(n, boxed, workdir)
-    elif system == "bare-apps":
-        seconds, mean = bare_parsl_once(n, boxed, workdir, per_app)
-    elif system == "bare-chunked":
-        seconds, mean = bare_parsl_once(n, boxed, workdir, chunked)
+    elif system in ("bare-apps", "bare-chunked"):
+        submit = per_app if system == "bare-apps" else chunked
+        seconds, mean, first = bare_parsl_once(n, boxed, workdir, submit)
+        extra = {"first_s": first}
     elif system in ("flows-cold", "flows-warm"):
         seconds, mean, first = flows_once(n, boxed, workdir, warm=system == "flows-warm")
         extra = {"first_s": first, "helper_mb": dataset_writer.peak_rss_mb}
@@ -250,7 +257,7 @@ class Figures:
     seconds: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     peak_mb: list[float] = field(default_factory=list)
-    first_s: list[float] = field(default_factory=list)  # parsl_flows: to the first file
+    first_s: list[float] = field(default_factory=list)  # to the first file, or bare result
     helper_mb: list[float] = field(default_factory=list)  # parsl_flows: dataset.nc helper
 
 
@@ -286,6 +293,7 @@ def run_pairs(args: argparse.Namespace, root: Path, systems: list[str]) -> dict[
                 figures[name].peak_mb.append(r["peak_mb"])
                 if "first_s" in r:
                     figures[name].first_s.append(r["first_s"])
+                if "helper_mb" in r:
                     figures[name].helper_mb.append(r["helper_mb"])
             print(
                 f"  pair {pair + 1}: serial {base['seconds']:.3f} s, "
