@@ -35,6 +35,8 @@ LATE_IMPORTS = {
     ("parsl_flows.run", "parsl_flows.dataset"): "xarray loads when results are asked for",
     ("parsl_flows.store", "parsl_flows.dataset"): "xarray loads when results are asked for",
     ("parsl_flows.report", "parsl_flows.widgets"): "ipywidgets is optional",
+    ("parsl_flows.engine.environment", "parsl_flows.engine.configs"): "Parsl loads at a run",
+    ("parsl_flows.engine.slurm", "parsl_flows.engine.configs"): "Parsl loads at a run",
 }
 
 MAX_LINES = 420  # "no module over about 400 lines"
@@ -143,3 +145,13 @@ def test_no_module_is_named_like_a_standard_library_module() -> None:
         if p.stem in sys.stdlib_module_names
     )
     assert not clashes, f"rename these, they hide standard library modules: {clashes}"
+
+
+def test_importing_the_package_does_not_load_parsl() -> None:
+    # Parsl takes most of a second to import.  It loads when a run starts, not for the
+    # status commands, nor in the helper that writes dataset.nc files beside a run.
+    import subprocess
+
+    code = "import sys, parsl_flows.write_datasets, parsl_flows.cli; print('parsl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

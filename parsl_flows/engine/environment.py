@@ -18,14 +18,14 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from parsl.config import Config
-from parsl.executors.base import ParslExecutor
+from typing import TYPE_CHECKING, Any
 
 from ..step import Resources
-from . import configs
 from .slurm import SlurmSite, describe, slurm_parts
+
+if TYPE_CHECKING:  # Parsl loads when a run starts: see _parsl_config
+    from parsl.config import Config
+    from parsl.executors.base import ParslExecutor
 
 __all__ = [
     "ExecutionEnvironment",
@@ -36,6 +36,31 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _parsl_config() -> type[Config]:
+    """Parsl's Config class, imported on first use.
+
+    Importing Parsl takes most of a second (it loads every executor and provider).  Not
+    doing it when ``parsl_flows`` is imported keeps it out of what needs no Parsl: the
+    ``status``, ``list`` and ``show`` commands, and the helper process that writes the
+    ``dataset.nc`` files beside a run, on the cores the workers use.
+    """
+    from parsl.config import Config
+
+    return Config
+
+
+def _local_config(workers: int | None) -> Config:
+    from .configs import local_config
+
+    return local_config(max_workers=workers)
+
+
+def _thread_config() -> Config:
+    from .configs import thread_config
+
+    return thread_config()
 
 
 @dataclass(frozen=True)
@@ -58,7 +83,7 @@ class ExecutionEnvironment:
 
     def config(self) -> Config:
         cfg = self.make_config()
-        if not isinstance(cfg, Config):
+        if not isinstance(cfg, _parsl_config()):
             raise TypeError(f"environment {self.name!r} made {cfg!r}, not a parsl.config.Config")
         return cfg
 
@@ -87,11 +112,11 @@ def execution_environment(
         workers = queue[1] if queue else None
         return ExecutionEnvironment(
             "localhost" if workers is None else f"localhost-{workers}",
-            lambda: configs.local_config(max_workers=workers),
+            lambda: _local_config(workers),
             "local HighThroughputExecutor",
         )
     if computer == "threads":
-        return ExecutionEnvironment("threads", configs.thread_config, "thread pool in the driver")
+        return ExecutionEnvironment("threads", _thread_config, "thread pool in the driver")
     computers = known_computers()
     site_settings = dict(computers.get(computer, {}))
     if queue is not None:
@@ -155,7 +180,7 @@ def from_config(config: Config, name: str | None = None) -> ExecutionEnvironment
     a run that must be resumed elsewhere should use :func:`from_file`.
     """
     global _from_config_count
-    if not isinstance(config, Config):
+    if not isinstance(config, _parsl_config()):
         raise TypeError(f"from_config() takes a parsl.config.Config, not {config!r}")
     _from_config_count += 1
     label = name or f"config-{_from_config_count}"
@@ -176,7 +201,7 @@ def from_file(path: str | os.PathLike[str]) -> ExecutionEnvironment:
         if "config" not in namespace:
             raise ValueError(f"{file} defines no 'config' (a parsl.config.Config)")
         cfg = namespace["config"]
-        if not isinstance(cfg, Config):
+        if not isinstance(cfg, _parsl_config()):
             raise TypeError(
                 f"'config' in {file} is a {type(cfg).__name__}, not a parsl.config.Config"
             )

@@ -16,12 +16,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
-
-from parsl.app.python import PythonApp
-from parsl.dataflow.dflow import DataFlowKernel
-from parsl.executors import HighThroughputExecutor
-from parsl.executors.base import ParslExecutor
+from typing import TYPE_CHECKING, Any
 
 from ..lock import parsl_processes, stop_processes
 from ..step import Resources
@@ -29,6 +24,11 @@ from .chunking import worker_count
 from .environment import ExecutionEnvironment
 from .interchange_guard import launch_command
 from .worker import TaskSpec, run_task
+
+if TYPE_CHECKING:  # Parsl loads with the first DataFlowKernel (environment._parsl_config)
+    from parsl.app.python import PythonApp
+    from parsl.dataflow.dflow import DataFlowKernel
+    from parsl.executors.base import ParslExecutor
 
 __all__ = ["Runner", "runner"]
 
@@ -45,6 +45,8 @@ def _guard(executors: Sequence[ParslExecutor]) -> None:
     Only executors that use Parsl's default launch command are changed: a user who set
     ``interchange_launch_cmd`` keeps it.
     """
+    from parsl.executors import HighThroughputExecutor
+
     for ex in executors:
         if isinstance(ex, HighThroughputExecutor) and list(ex.interchange_launch_cmd) == [
             "interchange.py"
@@ -96,6 +98,8 @@ class Runner:
                 if config.run_dir == "runinfo":  # Parsl's default: keep it out of the cwd
                     config.run_dir = str(run_dir)
                 logger.info("starting Parsl for environment %r", env.name)
+                from parsl.dataflow.dflow import DataFlowKernel
+
                 self._dfk = DataFlowKernel(config)
                 labels = [e.label for e in config.executors]
             else:
@@ -180,6 +184,8 @@ class Runner:
         with self._lock:
             app = self._apps.get(label)
             if app is None:
+                from parsl.app.python import PythonApp
+
                 app = PythonApp(run_task, data_flow_kernel=self._dfk, executors=[label])
                 self._apps[label] = app
         return app(task)

@@ -16,13 +16,13 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from parsl.config import Config
-from parsl.executors import HighThroughputExecutor
+from typing import TYPE_CHECKING, Any
 
 from ..step import Resources, format_walltime, parse_walltime
-from .configs import slurm_executor
+
+if TYPE_CHECKING:  # Parsl loads when a run starts (see environment._parsl_config)
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
 
 __all__ = ["SlurmSite", "slurm_parts"]
 
@@ -81,6 +81,8 @@ class SlurmSite:
         return cls(computer=computer, worker_init=init, **values)
 
     def executor(self, label: str, resources: Resources | None = None) -> HighThroughputExecutor:
+        from .configs import slurm_executor
+
         common: dict[str, Any] = dict(
             partition=self.partition,
             account=self.account,
@@ -176,6 +178,8 @@ def slurm_parts(
     """What an execution environment needs from a site: a Config, per-class executors, a check."""
 
     def make_config() -> Config:
+        from parsl.config import Config
+
         return Config(
             executors=[site.executor(site.computer)],
             strategy_period=1,
