@@ -125,3 +125,20 @@ def test_numbers_sent_back_give_the_dataset_that_reading_the_files_gives(
     assert sent.data.dtype == from_files.data.dtype
     np.testing.assert_array_equal(sent.data, from_files.data)
     np.testing.assert_array_equal(sent.mask, from_files.mask)
+
+
+def test_a_failed_element_leaves_no_reference_cycle(step_of_a_run) -> None:
+    # A failure kept in a local of the frame that its traceback holds made a cycle: a map
+    # where many elements fail left each of them to the garbage collector.
+    import gc
+
+    run_task(task(*step_of_a_run, (3,)))  # what loads once (the step, its inputs)
+    gc.collect()
+    gc.disable()
+    try:
+        tr = run_task(task(*step_of_a_run, (3,)))
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert tr.codes.tolist() == [USER_ERROR]
+    assert unreachable == 0

@@ -328,6 +328,16 @@ class _KeyPick:
         return self.data[tuple(slice(None) if p is None else key[p] for p in self.picks)]
 
 
+def _failed(task: TaskSpec, step: Any, n: int, raised: BaseException) -> tuple[int, str, bool]:
+    """Keep what element ``n`` raised: (code, message, retryable), as ``_run_element``."""
+    e = raised
+    if isinstance(e, WalltimeExceeded):
+        e = TimeoutError(_walltime_message(step, n, task))
+    code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
+    retryable = task.retry_on is None or isinstance(e, task.retry_on)
+    return code, store_failure(step.returns, task.step_dir, n, e), retryable
+
+
 def _run_element(
     task: TaskSpec,
     step: Any,
@@ -357,12 +367,9 @@ def _run_element(
             returned = step.callable(**kwargs)
         outputs = step.output_values(returned)
     except BaseException as raised:  # SystemExit, KeyboardInterrupt: the element's, not ours
-        e = raised
-        if isinstance(e, WalltimeExceeded):
-            e = TimeoutError(_walltime_message(step, n, task))
-        code = MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR
-        retryable = task.retry_on is None or isinstance(e, task.retry_on)
-        return code, store_failure(step.returns, step_dir, n, e), retryable
+        # Not kept in a local of this frame, which the exception's traceback holds: that
+        # cycle would leave each failure to the garbage collector.
+        return _failed(task, step, n, raised)
     out = ""
     written: list[tuple[str, bytes]] = []
     try:
