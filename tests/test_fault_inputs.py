@@ -700,8 +700,35 @@ def _raise_now(e: BaseException) -> None:
     raise e
 
 
+class _Silent(Exception):
+    def __str__(self) -> str:
+        return ""
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def _of_a_module() -> None:
+    import json
+
+    json.loads("{")
+
+
 @pytest.mark.parametrize(
-    "raising", [_during_handling, _context_suppressed, _noted, _cycle, _group, lambda: 1 / 0]
+    "raising",
+    [
+        _during_handling,
+        _context_suppressed,
+        _noted,
+        _cycle,
+        _group,
+        _of_a_module,
+        lambda: _raise_now(_Silent()),
+        lambda: _raise_now(_Unprintable()),
+        lambda: 1 / 0,
+    ],
 )
 def test_a_stored_traceback_follows_every_chain_as_python_prints_it(
     raising: Callable[[], object],
@@ -717,3 +744,11 @@ def test_a_stored_traceback_follows_every_chain_as_python_prints_it(
     assert traceback_text(exc).splitlines() == [
         line for line in python.splitlines() if not line.strip() or set(line.strip()) - {"^", "~"}
     ]
+
+
+def test_a_stored_syntax_error_keeps_its_caret() -> None:
+    # Python prints where the syntax fails under the source line: part of the message.
+    import traceback
+
+    exc = _caught(lambda: compile("1 +", "<cell>", "exec"))
+    assert traceback_text(exc).endswith("".join(traceback.format_exception_only(exc)))
