@@ -30,6 +30,7 @@ from parsl_flows.dataset import (
     write_run_dataset,
     write_step_dataset,
 )
+from parsl_flows.status import StepStatus
 from parsl_flows.store import FileBasedObjectArray, element_path, write_pickle
 from parsl_flows.workflow import concurrently, map_, new_workflow
 
@@ -691,3 +692,33 @@ def test_a_step_dataset_nc_is_used_only_for_the_ending_it_was_written_for(
     assert run_dataset(copy).z.values[1] == -7.0
     (step_dir / "dataset.nc").write_bytes(b"not netCDF")  # damaged: the elements decide
     assert run_dataset(copy).z.values[1] == -7.0
+
+
+@pytest.mark.slow
+def test_the_run_dataset_takes_the_maps_just_written_as_from_their_files(
+    seed_run, tmp_path: Path
+) -> None:
+    # The helper keeps the map datasets it wrote for the run's, written when the run
+    # ends, instead of reading them back: the same dataset either way, and forgotten
+    # once the run's is written.
+    from parsl_flows.dataset import netcdf
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(seed_run.path, run_dir)
+    maps = [d for d in sorted((run_dir / "steps").iterdir()) if (d / "dataset.nc").exists()]
+    assert len(maps) >= 2
+    netcdf._WRITTEN.clear()
+    for step_dir in maps:
+        write_step_dataset(step_dir)
+    assert sorted(netcdf._WRITTEN) == [d / "dataset.nc" for d in maps]
+    used = 0
+    for step_dir in maps:  # the arrays themselves: no file was read
+        outputs, _ = netcdf.stored_values(step_dir, StepStatus.load(step_dir))
+        written = netcdf._WRITTEN[step_dir / "dataset.nc"][1]
+        assert all(o.data is written[name].values for name, o in outputs.items())
+        used += len(outputs)
+    assert used
+    kept = run_dataset(run_dir)
+    write_run_dataset(run_dir)
+    assert netcdf._WRITTEN == {}
+    xr.testing.assert_identical(kept, run_dataset(run_dir))

@@ -16,7 +16,7 @@ import xarray as xr
 
 from ..status import RunRecord, StepStatus
 from .layout import _Layout, _records, _value_loader
-from .netcdf import DATASET_FILE, _write_netcdf, stored_values
+from .netcdf import DATASET_FILE, _write_netcdf, forget_written, stored_values
 from .reading import Known, _attempts, _errors, _from_memory, _read_output
 
 logger = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def write_step_dataset(
             return None
         ds = step_dataset(step_dir, run, threads=threads, known=known)
         folders = {o: f"return_values/{o}" for o in rec.outputs}
-        return _write_netcdf(ds, step_dir / DATASET_FILE, folders)
+        return _write_netcdf(ds, step_dir / DATASET_FILE, folders, keep=True)
     except Exception:
         if not quiet:
             raise
@@ -295,4 +295,7 @@ def write_run_dataset(
         for rec in _records(run_dir)
         for out in rec.outputs
     }
-    return _write_netcdf(ds, run_dir / DATASET_FILE, folders)
+    try:
+        return _write_netcdf(ds, run_dir / DATASET_FILE, folders)
+    finally:
+        forget_written(run_dir)
