@@ -43,7 +43,7 @@ def _parsl_config() -> type[Config]:
 
     Importing Parsl takes most of a second (it loads every executor and provider).  Not
     doing it when ``parsl_flows`` is imported keeps it out of what needs no Parsl: the
-    ``status``, ``list`` and ``show`` commands, and the helper process that writes the
+    ``status``, ``list`` and ``log`` commands, and the helper process that writes the
     ``dataset.nc`` files beside a run, on the cores the workers use.
     """
     from parsl.config import Config
