@@ -151,10 +151,13 @@ class FileBasedObjectArray:
 
     def _assemble(self, linear: np.ndarray) -> np.ma.MaskedArray:
         flat = linear.ravel()
-        wanted = np.flatnonzero(np.isin(flat, present_indices(self.folder)))
+        known = read_numbers(self.folder, self.size)  # what the map kept of its elements
+        if isinstance(known, KnownNumbers) and known.complete:  # no need to list the folder
+            wanted = np.flatnonzero(known.position[flat] >= 0)
+        else:
+            wanted = np.flatnonzero(np.isin(flat, present_indices(self.folder)))
         values = np.empty(flat.size, dtype=object)
         mask = np.ones(flat.size, dtype=bool)
-        known = read_numbers(self.folder, self.size)  # what the map kept of its elements
         if isinstance(known, KnownNumbers) and known.kind in NUMERIC_KINDS and len(wanted):
             where = known.position[flat[wanted]]
             if (where >= 0).all():  # every element there is one of its numbers: no objects

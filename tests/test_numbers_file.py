@@ -109,6 +109,37 @@ def test_a_folder_changed_since_makes_it_stale(tmp_path: Path) -> None:
     assert arr.to_array().tolist() == [1.0, None, 30.0, 4.0]
 
 
+def test_a_file_that_covers_the_folder_spares_readers_the_listing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A map lists its folder once as it ends; when that listing found exactly the
+    # elements the numbers file holds, and the folder has not changed since, readers
+    # take the elements present from the file (listing a million files takes a second).
+    import parsl_flows.store as store_module
+
+    values = [1.0, 2.0, 3.0, 4.0]
+    folder = an_output(tmp_path, values)
+    (folder / "__2__.pickle").unlink()
+    stamp = os.stat(folder).st_mtime_ns
+    write_numbers(folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float")
+    assert not read_numbers(folder, 4).complete  # no listing given: readers list
+    write_numbers(
+        folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float", covers=stamp - 1
+    )
+    assert not read_numbers(folder, 4).complete  # a listing of another state of the folder
+    write_numbers(
+        folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float", covers=stamp
+    )
+    assert read_numbers(folder, 4).complete
+    listings: list[Path] = []
+    real = store_module.present_indices
+    monkeypatch.setattr(store_module, "present_indices", lambda f: listings.append(f) or real(f))
+    arr = FileBasedObjectArray(folder, (2, 2))
+    assert arr.to_array().tolist() == [[1.0, 2.0], [None, 4.0]] and listings == []
+    write_element(str(folder), 2, dumps(30.0))  # the folder changes: files are the truth
+    assert arr.to_array().tolist() == [[1.0, 2.0], [30.0, 4.0]] and listings == [folder]
+
+
 def test_elements_it_does_not_hold_come_from_their_files(tmp_path: Path) -> None:
     values = [10, 20, 30, 40, 50, 60]
     folder = an_output(tmp_path, values)
@@ -178,6 +209,7 @@ def test_a_map_leaves_its_numbers_for_the_next_steps(local_env, store: Path) -> 
     known = read_numbers(e_folder, 8)
     assert known is not None and known.kind == "builtins.float"
     assert sorted(known.indices.tolist()) == [2, 3, 4, 5, 6, 7]  # the failed ones are not
+    assert known.complete  # the map's listing found those files and no other
     # The second map read e from it, and got what the files hold: Python floats.
     kinds = run.step("plus_one").output("kind").fetch_value()
     assert kinds.mask[0].all() and set(kinds.compressed().tolist()) == {"float"}
@@ -278,3 +310,24 @@ def test_a_part_gone_or_damaged_leaves_the_files(tmp_path: Path) -> None:
     assert FileBasedObjectArray(folder, (4,)).to_array().tolist() == values
     (parts / first).unlink()
     assert FileBasedObjectArray(folder, (4,)).to_array().tolist() == values
+
+
+def test_a_map_claims_only_the_files_its_listing_found(tmp_path: Path) -> None:
+    # Elements already there from an earlier run (resume, reuse) are files the map's own
+    # numbers do not hold: the numbers file must not say it covers the folder then.
+    from parsl_flows.engine.inputs import MappedInputs
+
+    class Inputs(MappedInputs):
+        def __init__(self) -> None:
+            self._values, self._presence, self._listed = {}, {}, {}
+
+    folder = an_output(tmp_path, [1.0, 2.0, 3.0])
+    inputs = Inputs()
+    assert inputs._present(folder, 3).tolist() == [True, True, True]
+    stamp = os.stat(folder).st_mtime_ns
+    assert inputs._listed_exactly(folder, np.array([2, 0, 1])) == stamp
+    assert inputs._listed_exactly(folder, np.array([1, 2])) is None  # 0 came from before
+    assert inputs._listed_exactly(tmp_path / "never-listed", np.array([0])) is None
+    write_numbers(folder, np.array([1, 2]), np.array([2.0, 3.0]), "builtins.float", covers=None)
+    assert not read_numbers(folder, 3).complete
+    assert FileBasedObjectArray(folder, (3,)).to_array().tolist() == [1.0, 2.0, 3.0]

@@ -7,6 +7,7 @@ of an upstream map, or of a masked-array input, leaves it out.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,19 @@ from .worker import Source
 __all__ = ["MappedInputs"]
 
 
+def _time_stamp(folder: Path) -> int | None:
+    try:
+        return os.stat(folder).st_mtime_ns
+    except OSError:
+        return None
+
+
 class MappedInputs:
     """Shapes and masks of a step's mapped inputs (mixed into ``Execution``)."""
 
     _values: dict[str, Any]  # value files already in memory (the inputs)
     _presence: dict[str, np.ndarray]  # output folder -> which elements have a file
+    _listed: dict[str, int]  # output folder -> its time stamp, if it held still while listed
 
     def _value(self, src: Source) -> Any:
         if src.path not in self._values:
@@ -58,11 +67,24 @@ class MappedInputs:
         """
         key = str(folder)
         if key not in self._presence:
+            before = _time_stamp(folder)
             present = np.zeros(size, dtype=bool)
             found = present_indices(folder)
             present[found[found < size]] = True
             self._presence[key] = present
+            if before is not None and before == _time_stamp(folder):
+                self._listed[key] = before
         return self._presence[key]
+
+    def _listed_exactly(self, folder: Path, indices: np.ndarray) -> int | None:
+        """The time stamp of ``folder`` when its listing found exactly ``indices`` (None:
+        not listed, changed while listed, or other files)."""
+        key = str(folder)
+        stamp = self._listed.get(key)
+        if stamp is None or key not in self._presence:
+            return None
+        listed = np.flatnonzero(self._presence[key])
+        return stamp if np.array_equal(np.sort(indices), listed) else None
 
     def _submittable(
         self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]

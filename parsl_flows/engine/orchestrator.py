@@ -98,6 +98,7 @@ class Execution(StepAttempts):
         self._helpers_seen: tuple[Any, ...] | None = None  # what _note_helpers last recorded
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
         self._presence: dict[str, np.ndarray] = {}  # finished maps' outputs, listed once
+        self._listed: dict[str, int] = {}  # and their time stamps then
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
@@ -280,7 +281,8 @@ class Execution(StepAttempts):
             folder = step_dir / "return_values" / out
             try:
                 if out in known and kinds.get(out) in KINDS:
-                    write_numbers(folder, *known[out], kinds[out])
+                    covers = self._listed_exactly(folder, known[out][0])
+                    write_numbers(folder, *known[out], kinds[out], covers=covers)
                 elif out in parts:
                     write_parts_index(folder, parts[out])
             except OSError as e:  # a full store: readers take the element files
