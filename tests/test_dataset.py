@@ -722,3 +722,35 @@ def test_the_run_dataset_takes_the_maps_just_written_as_from_their_files(
     write_run_dataset(run_dir)
     assert netcdf._WRITTEN == {}
     xr.testing.assert_identical(kept, run_dataset(run_dir))
+
+
+@pytest.mark.parametrize("failed", [0, 3, 400])
+def test_errors_written_entry_by_entry_read_as_xarray_writes_them(
+    tmp_path: Path, failed: int
+) -> None:
+    # Only the non-empty entries of a step's errors are written (each netCDF text entry
+    # is stored apart: most of a big map's file); a file read back is the same as the
+    # one xarray writes whole, whether few elements failed or many.
+    from parsl_flows.dataset.netcdf import _write_netcdf
+
+    errors = np.full((20, 50), "", dtype=object)
+    for n in np.random.default_rng(failed).choice(errors.size, failed, replace=False):
+        errors.flat[n] = f"ValueError: element {n} ünïcode"
+    ds = xr.Dataset(
+        {
+            "y": (("a", "b"), np.arange(1000.0).reshape(20, 50), {"step": "f"}),
+            "f_error": (("a", "b"), errors.astype(str), {"step": "f", "exit_code": 1}),
+            "f_attempts": (("a", "b"), np.ones((20, 50), np.int64)),
+        },
+        coords={"V": ("a", np.linspace(0, 1, 20)), "W": ("b", np.arange(50))},
+        attrs={"run_id": "r"},
+    )
+    ds.to_netcdf(tmp_path / "whole.nc", engine="netcdf4")
+    _write_netcdf(ds, tmp_path / "ours.nc", {})
+    with (
+        xr.open_dataset(tmp_path / "whole.nc") as whole,
+        xr.open_dataset(tmp_path / "ours.nc") as ours,
+    ):
+        for name in ds.data_vars:
+            xr.testing.assert_identical(ours[name], whole[name])
+        assert int((ours.f_error != "").sum()) == failed

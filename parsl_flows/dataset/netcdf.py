@@ -115,8 +115,12 @@ def _write_netcdf(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        texts = [
+            str(n) for n in out.data_vars if str(n).endswith("_error") and out[n].dtype.kind == "U"
+        ]
         with NETCDF_LOCK:
-            out.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+            out.drop_vars(texts).to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+            _add_texts(tmp, out, texts)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -127,3 +131,33 @@ def _write_netcdf(
         stat = path.stat()
         _WRITTEN[path] = ((stat.st_mtime_ns, stat.st_size), out)
     return path
+
+
+def _add_texts(path: Path, ds: xr.Dataset, names: list[str]) -> None:
+    """Add the text variables ``names`` of ``ds`` (the steps' errors) to the netCDF file
+    ``path``, as xarray writes them, but only their non-empty entries.
+
+    netCDF stores each entry of a text variable apart: writing a map's errors, empty
+    for all but the failed elements, cost 86 ms of a 110 ms file at 100,000 elements.
+    An entry never written reads as "".  They come after the other variables in the
+    file (``run.dataset()`` keeps the usual order).
+    """
+    if not names:
+        return
+    import netCDF4
+    from xarray.conventions import encode_dataset_coordinates
+
+    encoded, _ = encode_dataset_coordinates(ds)  # each variable's "coordinates" attribute
+    with netCDF4.Dataset(path, "a") as nc:
+        for name in names:
+            values = np.asarray(ds[name].values, dtype=object)
+            dims = tuple(str(d) for d in ds[name].dims)
+            variable = nc.createVariable(name, str, dims)  # type: ignore[type-var]
+            variable.setncatts(dict(encoded[name].attrs))
+            filled = np.flatnonzero(values != "")
+            if len(filled) > values.size // 100:  # many failed: all at once is quicker
+                variable[...] = values
+                continue
+            for n in filled.tolist():
+                at = np.unravel_index(n, values.shape)
+                variable[at] = values[at]
