@@ -158,16 +158,19 @@ class FileBasedObjectArray:
             wanted = np.flatnonzero(np.isin(flat, present_indices(self.folder)))
         values = np.empty(flat.size, dtype=object)
         mask = np.ones(flat.size, dtype=bool)
-        if isinstance(known, KnownNumbers) and known.kind in NUMERIC_KINDS and len(wanted):
-            where = known.position[flat[wanted]]
-            if (where >= 0).all():  # every element there is one of its numbers: no objects
-                numeric = np.zeros(flat.size, dtype=known.values.dtype)
-                numeric[wanted] = known.values[where]
-                mask[wanted] = False
-                return np.ma.MaskedArray(numeric.reshape(linear.shape), mask.reshape(linear.shape))
         if known is not None:
             where = known.position[flat[wanted]]
             held = where >= 0
+            if (
+                isinstance(known, KnownNumbers)
+                and known.kind in NUMERIC_KINDS
+                and len(wanted)
+                and held.all()
+            ):  # every element there is one of the file's numbers: no object per element
+                array = np.zeros(flat.size, dtype=known.values.dtype)
+                array[wanted] = known.values[where]
+                mask[wanted] = False
+                return np.ma.MaskedArray(array.reshape(linear.shape), mask.reshape(linear.shape))
             with contextlib.suppress(PartUnreadable):  # then every file is read
                 elements = known.elements(where[held])
                 values[wanted[held]] = np.fromiter(elements, dtype=object, count=len(elements))

@@ -319,7 +319,7 @@ def test_a_map_claims_only_the_files_its_listing_found(tmp_path: Path) -> None:
 
     class Inputs(MappedInputs):
         def __init__(self) -> None:
-            self._values, self._presence, self._listed = {}, {}, {}
+            self._values, self._presence = {}, {}
 
     folder = an_output(tmp_path, [1.0, 2.0, 3.0])
     inputs = Inputs()

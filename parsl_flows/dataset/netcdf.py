@@ -115,9 +115,7 @@ def _write_netcdf(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        texts = [
-            str(n) for n in out.data_vars if str(n).endswith("_error") and out[n].dtype.kind == "U"
-        ]
+        texts = [str(n) for n in out.data_vars if out[n].dtype.kind == "U"]  # the errors
         with NETCDF_LOCK:
             out.drop_vars(texts).to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
             _add_texts(tmp, out, texts)

@@ -8,12 +8,10 @@ stored as ``exception/__<n>__.pickle`` with its traceback as text, its outputs r
 from __future__ import annotations
 
 import contextlib
-import linecache
 import os
 import pickle
 import traceback
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 import cloudpickle
@@ -73,11 +71,7 @@ class _PlainStack(traceback.StackSummary):
     def format_frame_summary(self, frame_summary: traceback.FrameSummary, **_: Any) -> str:
         f = frame_summary
         row = f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
-        if f.line:
-            row += f"    {f.line.strip()}\n"
-        if f.locals:
-            row += "".join(f"    {name} = {value}\n" for name, value in sorted(f.locals.items()))
-        return row
+        return row + f"    {f.line.strip()}\n" if f.line else row
 
 
 def traceback_text(exc: BaseException) -> str:
@@ -95,39 +89,9 @@ def traceback_text(exc: BaseException) -> str:
         parts.append(header)
         if e.__traceback__ is not None:
             parts.append("Traceback (most recent call last):\n")
-            parts += _frames(e.__traceback__).format()
-        parts += _last_line(e)
+            parts += _PlainStack.extract(traceback.walk_tb(e.__traceback__)).format()
+        parts += traceback.format_exception_only(type(e), e)
     return "".join(parts)
-
-
-def _frames(tb: TracebackType) -> _PlainStack:
-    """The frames of ``tb``, each with its source line (as Python finds it, without
-    checking each file's time stamp on disk for every failure)."""
-    stack = _PlainStack()
-    for frame, lineno in traceback.walk_tb(tb):
-        code = frame.f_code
-        line = linecache.getline(code.co_filename, lineno, frame.f_globals)
-        stack.append(
-            traceback.FrameSummary(
-                code.co_filename, lineno, code.co_name, lookup_line=False, line=line
-            )
-        )
-    return stack
-
-
-def _last_line(e: BaseException) -> list[str]:
-    """``Type: message`` as Python prints it; the usual case without building a
-    ``TracebackException`` (a syntax error, or notes, take Python's own way)."""
-    if isinstance(e, SyntaxError) or getattr(e, "__notes__", None) is not None:
-        return traceback.format_exception_only(type(e), e)
-    kind, module = type(e).__qualname__, type(e).__module__
-    if module not in ("__main__", "builtins"):
-        kind = f"{module if isinstance(module, str) else '<unknown>'}.{kind}"
-    try:
-        text = str(e)
-    except Exception:
-        text = "<exception str() failed>"
-    return [f"{kind}: {text}\n" if text else f"{kind}\n"]
 
 
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"

@@ -32,8 +32,9 @@ class MappedInputs:
     """Shapes and masks of a step's mapped inputs (mixed into ``Execution``)."""
 
     _values: dict[str, Any]  # value files already in memory (the inputs)
-    _presence: dict[str, np.ndarray]  # output folder -> which elements have a file
-    _listed: dict[str, int]  # output folder -> its time stamp, if it held still while listed
+    #: Output folder -> which elements have a file, and the folder's time stamp then (None
+    #: if it changed while it was listed).
+    _presence: dict[str, tuple[np.ndarray, int | None]]
 
     def _value(self, src: Source) -> Any:
         if src.path not in self._values:
@@ -71,20 +72,16 @@ class MappedInputs:
             present = np.zeros(size, dtype=bool)
             found = present_indices(folder)
             present[found[found < size]] = True
-            self._presence[key] = present
-            if before is not None and before == _time_stamp(folder):
-                self._listed[key] = before
-        return self._presence[key]
+            self._presence[key] = (present, before if before == _time_stamp(folder) else None)
+        return self._presence[key][0]
 
     def _listed_exactly(self, folder: Path, indices: np.ndarray) -> int | None:
         """The time stamp of ``folder`` when its listing found exactly ``indices`` (None:
         not listed, changed while listed, or other files)."""
-        key = str(folder)
-        stamp = self._listed.get(key)
-        if stamp is None or key not in self._presence:
+        present, stamp = self._presence.get(str(folder), (None, None))
+        if present is None or stamp is None:
             return None
-        listed = np.flatnonzero(self._presence[key])
-        return stamp if np.array_equal(np.sort(indices), listed) else None
+        return stamp if np.array_equal(np.sort(indices), np.flatnonzero(present)) else None
 
     def _submittable(
         self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]

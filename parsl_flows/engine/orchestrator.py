@@ -97,8 +97,7 @@ class Execution(StepAttempts):
         self.numbers_back: dict[str, NumbersBack] = {}
         self._helpers_seen: tuple[Any, ...] | None = None  # what _note_helpers last recorded
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
-        self._presence: dict[str, np.ndarray] = {}  # finished maps' outputs, listed once
-        self._listed: dict[str, int] = {}  # and their time stamps then
+        self._presence: dict[str, tuple[np.ndarray, int | None]] = {}  # maps' outputs, listed
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
