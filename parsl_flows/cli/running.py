@@ -11,11 +11,14 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..engine import stopping
 from ..engine.environment import ExecutionEnvironment, execution_environment, from_file
 from ..launch import submit
 from ..run import Run
@@ -144,12 +147,13 @@ def follow_to_end(run: Run, tty: bool, owned: bool) -> int:
     'interrupted', resumable); a run only watched (``status --follow``) is left alone.
     """
     try:
-        follow(run, sys.stdout, tty)
+        with _saying_when_interrupted(run) if owned else contextlib.nullcontext():
+            follow(run, sys.stdout, tty)
     except KeyboardInterrupt:
         if not owned:
             raise
         # The same stop as a script's or a notebook's Ctrl-C: the run ends 'interrupted'.
-        print(f"\ninterrupted: stopping run {run.id}; what finished is kept", file=sys.stderr)
+        # (Ctrl-C while waiting for the run has already stopped it: see Run.wait.)
         run.interrupt()
         print_summary(run, sys.stdout, tty)
         print(f"\ncarry on: {PROG} resume {run.id}", file=sys.stderr)
@@ -163,6 +167,28 @@ def follow_to_end(run: Run, tty: bool, owned: bool) -> int:
         if run.status == "interrupted":
             print(f"carry on: {PROG} resume {run.id}")
     return status
+
+
+@contextlib.contextmanager
+def _saying_when_interrupted(run: Run) -> Iterator[None]:
+    """Ctrl-C says at once that the run is being stopped, before the stop (seconds, with
+    Parsl to shut down) wherever the KeyboardInterrupt lands: in ``run.wait``, whose own
+    handler stops the run, or in drawing the progress.  A second Ctrl-C, from then on,
+    exits at once (as during :func:`~parsl_flows.engine.stopping.interrupt`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def say_and_raise(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, stopping.exit_at_once)  # a second one, from now on
+        print(f"\ninterrupted: stopping run {run.id}; what finished is kept", file=sys.stderr)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, say_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _detach(start: Callable[[], Run], store: Path, log: Path | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from ..lock import parsl_processes
 from .runner import STOP_SECONDS, runner
 
-__all__ = ["interrupt", "live_executions", "register", "unregister"]
+__all__ = ["exit_at_once", "interrupt", "live_executions", "register", "unregister"]
 
 #: How long the orchestrator may take to notice a stop and unwind.
 UNWIND_SECONDS = 3.0
@@ -86,14 +86,15 @@ def _second_interrupt_exits() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, _exit_now)
+    previous = signal.signal(signal.SIGINT, exit_at_once)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
-def _exit_now(signum: int, frame: Any) -> None:
+def exit_at_once(signum: int, frame: Any) -> None:
+    """A SIGINT handler for a second Ctrl-C: kill Parsl's processes, exit with status 130."""
     for p in parsl_processes(None):  # the interchanges: their pools follow them
         with contextlib.suppress(Exception):
             p.kill()
