@@ -1,4 +1,5 @@
-"""Helpers shared by the end-to-end tests: the command line in a subprocess, and polling."""
+"""Helpers shared by the end-to-end tests: the command line in a subprocess, polling, and
+processes' command lines."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 TIMEOUT = 300
 
@@ -51,3 +54,12 @@ def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def command_line(p: psutil.Process) -> str:
+    """A process's command line; "" for one gone, or a zombie not reaped yet (the shell
+    that Parsl's LocalProvider starts a worker pool with is one, for a moment)."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""

@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import xarray as xr
-from helpers import wait_for
+from helpers import command_line, wait_for
 
 from parsl_flows.engine.datasets import DatasetWriter
 from parsl_flows.lock import wait_ended
@@ -60,7 +60,7 @@ def helpers_of(pid: int) -> list[psutil.Process]:
         children = psutil.Process(pid).children()
     except psutil.NoSuchProcess:
         return []
-    return [p for p in children if "parsl_flows.write_datasets" in " ".join(p.cmdline())]
+    return [p for p in children if "parsl_flows.write_datasets" in command_line(p)]
 
 
 def test_the_driver_never_loads_xarray_and_every_dataset_nc_is_written(tmp_path: Path) -> None:

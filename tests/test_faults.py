@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import wait_for
+from helpers import command_line, wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
@@ -226,7 +226,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
         wait_for(lambda: n_files(folder) >= 3, "some elements to finish")
         helpers = psutil.Process(proc.pid).children(recursive=True)
         for p in helpers:
-            if "interchange" in " ".join(p.cmdline()):
+            if "interchange" in command_line(p):
                 p.suspend()  # Parsl's clean shutdown now waits for it
         proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
