@@ -15,8 +15,9 @@ from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.error_handlers import simple_error_handler
-from parsl.jobs.states import JobStatus
-from parsl.launchers import SingleNodeLauncher
+from parsl.jobs.states import JobState, JobStatus
+from parsl.launchers import SingleNodeLauncher, SrunLauncher
+from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider
 from parsl.providers import SlurmProvider as _ParslSlurmProvider
 
@@ -87,11 +88,26 @@ def thread_config(max_threads: int | None = None, label: str = "threads") -> Con
     )
 
 
+#: Reasons ``squeue`` gives for a pending job that Slurm will never start as asked.
+NEVER_STARTS = frozenset(
+    {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints",
+     "InvalidAccount", "InvalidQOS", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit",
+     "QOSMaxMemoryPerJob", "QOSMaxWallDurationPerJobLimit", "AssocMaxNodesPerJob",
+     "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit"}
+)  # fmt: skip
+
+
 class SlurmProvider(_ParslSlurmProvider):
     """Parsl's SlurmProvider, polling Slurm every ``status_poll_seconds`` (Parsl: 60).
 
     A block that dies at start (a bad ``worker_init``) is noticed only when Slurm is next
     polled; 30 s reports it within about a minute without hammering ``squeue``.
+
+    A block that Slurm accepts but will never start (more nodes than its partition has,
+    a partition or QOS limit: ``squeue`` says why, e.g. ``PartitionConfig``) would
+    otherwise stay pending for ever, and the run with it.  Such a block is cancelled and
+    reported failed at the poll that sees it, so its elements end as infrastructure
+    failures naming the reason.
     """
 
     def __init__(self, *args: Any, status_poll_seconds: int = 30, **kwargs: Any) -> None:
@@ -101,6 +117,34 @@ class SlurmProvider(_ParslSlurmProvider):
     @property
     def status_polling_interval(self) -> int:
         return self.status_poll_seconds
+
+    def _status(self) -> None:
+        super()._status()
+        pending = [
+            str(j) for j, job in self.resources.items() if job["status"].state == JobState.PENDING
+        ]
+        if not pending:
+            return
+        retcode, out, _ = self.execute_wait(
+            f"squeue --noheader --format='%i %r' --job {','.join(pending)}"
+        )
+        if retcode != 0:
+            return
+        for line in out.splitlines():
+            job_id, _, reason = line.strip().partition(" ")
+            if job_id in self.resources and reason in NEVER_STARTS:
+                self.execute_wait(f"scancel {job_id}")
+                job = self.resources[job_id]
+                message = (
+                    f"Slurm will never start block job {job_id} as asked (pending: {reason}); "
+                    "ask for fewer nodes, cores, memory or time, or another partition"
+                )
+                job["status"] = JobStatus(
+                    JobState.FAILED,
+                    message=message,
+                    stdout_path=job["job_stdout_path"],
+                    stderr_path=job["job_stderr_path"],
+                )
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -155,7 +199,7 @@ def slurm_executor(
         exclusive=_truthy(exclusive if exclusive is not None else _env("exclusive", "false")),
         scheduler_options=options.strip(),
         worker_init=worker_init if worker_init is not None else _env("worker_init", ""),
-        launcher=SingleNodeLauncher(),
+        launcher=block_launcher(int(nodes_per_block or _env("nodes_per_block", 1))),
         status_poll_seconds=int(status_poll_seconds or _env("poll_seconds", 30)),
     )
     return HighThroughputExecutor(
@@ -168,6 +212,22 @@ def slurm_executor(
         poll_period=10,
         block_error_handler=fail_blocks_once,
         provider=provider,
+    )
+
+
+def block_launcher(nodes_per_block: int) -> Launcher:
+    """How a block starts its worker pools: one on every node of the block.
+
+    One node: the pool runs in the batch script itself.  Several nodes: ``srun`` starts one
+    pool per node (``SingleNodeLauncher`` would start them all on the block's first node,
+    leaving the others idle).  Slurm 22.05 and later no longer pass the job's
+    ``--cpus-per-task`` on to ``srun``, so it is passed explicitly: on a cluster that binds
+    tasks to cores, each pool would otherwise get one core.
+    """
+    if nodes_per_block <= 1:
+        return SingleNodeLauncher()
+    return SrunLauncher(
+        overrides="--ntasks-per-node=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK}"
     )
 
 

@@ -134,10 +134,25 @@ class SlurmSite:
                 f"computer {self.computer!r}: Slurm has no partition {partition!r} "
                 f"(partitions: {', '.join(sorted(names)) or 'none'})"
             )
-        cpus, memory_mb = 0, 0
-        for line in _sinfo(["-h", "-p", str(partition), "-o", "%c %m"]):
-            c, m = line.split()
+        cpus, memory_mb, nodes, largest = 0, 0, 0, 0
+        for line in _sinfo(["-h", "-p", str(partition), "-o", "%c %m %D %s"]):
+            c, m, d, size = line.split()
             cpus, memory_mb = max(cpus, int(c.rstrip("+"))), max(memory_mb, int(m.rstrip("+")))
+            nodes += int(d)
+            top = size.rpartition("-")[2]
+            largest = max(largest, nodes if top in ("infinite", "UNLIMITED") else int(top))
+        largest = min(largest or nodes, nodes)
+        if self.nodes_per_block > largest:
+            raise ValueError(
+                f"computer {self.computer!r} asks for blocks of {self.nodes_per_block} nodes, "
+                f"but a job in partition {partition!r} can have at most {largest} "
+                f"({nodes} node(s) in the partition); lower 'nodes_per_block'"
+            )
+        if self.cores_per_node is not None and self.cores_per_node > cpus:
+            raise ValueError(
+                f"computer {self.computer!r} asks for {self.cores_per_node} cores per node, but "
+                f"the nodes of partition {partition!r} have {cpus}; lower 'cores_per_node'"
+            )
         for node in workflow.nodes:
             res = node.step.resources
             if res.cores is not None and res.cores > cpus:
