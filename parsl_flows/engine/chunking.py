@@ -14,6 +14,13 @@ in Parsl's round trips (a few milliseconds each, one after the other) than the w
 uneven finish they would save.  An explicit ``chunksize=N`` of a map keeps every task at
 ``N`` elements.
 
+Workers all busy finish ``workers / task length`` tasks a second, and every one of them
+costs the driver and the interchange their millisecond, whatever the number of workers.
+So with many workers tasks get longer, not more numerous: no task (but a map's last, or
+one of a single element) is shorter than ``workers /`` :data:`MAX_TASKS_PER_SECOND`
+seconds, which lengthens the tail's tasks beyond about 12 workers and every task beyond
+about 250.
+
 >>> sizer = ChunkSizer(workers=2)
 >>> sizer.next_size(remaining=100_000)   # nothing measured yet: small first tasks
 16
@@ -24,6 +31,12 @@ uneven finish they would save.  An explicit ``chunksize=N`` of a map keeps every
 5000
 >>> sizer.next_size(remaining=1_200)     # the very end: tasks of 50 ms at least
 500
+>>> many = ChunkSizer(workers=1_000)
+>>> many.observe(elements=20, seconds=1.0)  # 50 ms an element
+>>> many.task_seconds, many.shortest_seconds  # 250 tasks a second across 1,000 workers
+(4.0, 4.0)
+>>> many.next_size(remaining=100_000)
+80
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "MAX_TASKS_PER_SECOND",
     "SHORTEST_SECONDS",
     "TAIL_TASKS_PER_WORKER",
     "TARGET_SECONDS",
@@ -49,6 +63,12 @@ SHORTEST_SECONDS = 0.05
 FIRST_SIZE = 16
 #: Tasks in flight per worker: one running and one waiting, so no worker waits for the driver.
 IN_FLIGHT_PER_WORKER = 2
+#: The most tasks a second a map should cause, across all its workers.  Bare Parsl (its
+#: driver side and the interchange) sustains about 1,200 to 1,500 empty tasks a second on
+#: this project's 2-core machine, and parsl_flows' driver spends about a millisecond of
+#: its own on each task (submitting it, counting its result): at 250 a second the driver
+#: keeps most of a core for everything else, and the workers the cores they share with it.
+MAX_TASKS_PER_SECOND = 250
 
 
 class ChunkSizer:
@@ -59,6 +79,13 @@ class ChunkSizer:
         self.fixed = fixed
         self._elements = 0
         self._seconds = 0.0
+        # The length below which the busy workers would finish more tasks a second than
+        # the driver and the interchange should handle (see MAX_TASKS_PER_SECOND).
+        floor = self.workers / MAX_TASKS_PER_SECOND
+        #: How long a task should last once elements have been measured.
+        self.task_seconds = max(TARGET_SECONDS, floor)
+        #: ... and how short it may get near the end.
+        self.shortest_seconds = max(SHORTEST_SECONDS, floor)
 
     @property
     def in_flight(self) -> int:
@@ -78,8 +105,8 @@ class ChunkSizer:
         if self._elements == 0:
             return max(1, min(FIRST_SIZE, tail))
         per_element = max(self._seconds / self._elements, 1e-6)
-        shortest = max(1, int(SHORTEST_SECONDS / per_element))
-        size = max(shortest, min(int(TARGET_SECONDS / per_element), tail))
+        shortest = max(1, int(self.shortest_seconds / per_element))
+        size = max(shortest, min(int(self.task_seconds / per_element), tail))
         return min(size, remaining)
 
 
