@@ -105,6 +105,10 @@ class Execution(StepAttempts):
         # How the run ended, kept here too for a store that cannot take run.json (full).
         self.outcome: str = "running"
         self.outcome_code: int | None = None
+        # Another driver took the run over (this one froze past its lease): stop, and
+        # write nothing more to the run, which is the new driver's now.
+        self.lease_lost = False
+        lock.on_lost(self._lose_the_run)
 
     def start(self) -> None:
         stopping.register(self)
@@ -118,6 +122,10 @@ class Execution(StepAttempts):
         """Stop submitting now; the run ends 'interrupted' once its threads have unwound."""
         self.stop_reason = self.stop_reason or reason
         self.stopping.set()
+
+    def _lose_the_run(self, reason: str) -> None:
+        self.lease_lost = True
+        self.request_stop(reason)
 
     def _check_stop(self) -> None:
         if self.stopping.is_set():
@@ -140,6 +148,11 @@ class Execution(StepAttempts):
             record.status = "finished" if exit_code == 0 else "failed"
             record.message = "" if exit_code == 0 else EXIT_CODES[exit_code]
         except RunInterrupted:
+            if self.lease_lost:
+                self._datasets.shutdown(wait=True, cancel_futures=True)
+                self.outcome = "interrupted"
+                self.log(f"{self.stop_reason}; this driver ends here")
+                return
             record.status = "interrupted"
             record.message = f"{self.stop_reason}; resume() carries it on"
         except BaseException as e:  # the engine itself failed: say so in the run, not only here
@@ -254,7 +267,12 @@ class Execution(StepAttempts):
     # -- one node --------------------------------------------------------------------------
 
     def _save(self, st: StepStatus) -> None:
-        """Write a step's status.json; a full or read-only store only warns (the run goes on)."""
+        """Write a step's status.json; a full or read-only store only warns (the run goes on).
+
+        Not once another driver took the run over: the step is its now.
+        """
+        if self.lease_lost:
+            return
         try:
             st.save(self.step_dir(st))
         except OSError as e:
