@@ -10,13 +10,16 @@ CI (``CI=true``) or with ``LOCAL_SLURM_SHARED`` set, where a missing test bed is
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import parsl_flows as flows
@@ -143,3 +146,203 @@ def test_a_block_slurm_never_starts_is_reported_within_poll_seconds(computers, s
     assert "will never start block job" in flows.report.log(s)
     assert "PartitionTimeLimit" in flows.report.log(s)
     assert not (_jobs() - before), "the block that could never start is still queued"
+
+
+# -- the seed story, a big sweep, a killed driver: right with the store on the shared fs ---
+
+
+def run(flow, env, store, **inputs):
+    return flows.submit(flows.workflow.build(flow.on(env), **inputs), store=store).wait(600)
+
+
+@pytest.fixture(scope="module")
+def cluster_env():
+    return flows.engine.execution_environment(None, "localcluster", queue=("debug", 2))
+
+
+def test_the_seed_story_on_the_test_bed(cluster_env, shared_store):
+    import seed_flows as seed
+
+    r = run(
+        seed.total_flow_with_restarts,
+        cluster_env,
+        shared_store,
+        **seed.seed_inputs(mesh_error=False, failure_probability=0.2),
+    )
+    charge_step = r.step("modified_get_charge")
+    attempts = charge_step.attempts
+    assert attempts[0]["submitted_elements"] == "2-17,22-37,42-57,62-77"
+    for before, after in itertools.pairwise(attempts):
+        assert after["n_submitted"] == before["n_submitted"] - before["succeeded"]
+    charge = charge_step.outputs.return_values.charge
+    electrostatics = r.step("modified_electrostatics").outputs.return_values.electrostatics
+    assert electrostatics.mask.sum() == 200 - 64  # outside V_limits: masked, as the seed says
+    assert np.sum(charge.mask != electrostatics.mask) <= 1  # 64 * 0.2**5: 2% of runs leave one
+    # A restart with wider limits reuses the model steps and computes the sweep again.
+    builder = r.get_builder_restart()
+    builder.kwargs.V_limits = [-0.45, 0.45]
+    again = flows.submit(builder, store=shared_store).wait(600)
+    for name in ("make_geometry", "modified_make_mesh", "make_materials"):
+        assert (again.step(name).record.n_reused, again.step(name).record.n_submitted) == (1, 0)
+    masked = again.step("modified_electrostatics").outputs.return_values.electrostatics.mask
+    assert masked.sum() < electrostatics.mask.sum()
+    avg = again.outputs.return_values.avg_electrostatic_charge.fetch_value()
+    charge = again.step("modified_get_charge").outputs.return_values.charge.to_array()
+    assert avg == pytest.approx(np.mean(charge))
+
+
+@step(returns="y")
+def doubled_or_flaky(x: int) -> int:
+    import random
+
+    if random.random() < 0.05:
+        raise RuntimeError(f"element {x} was unlucky")
+    return 2 * x
+
+
+@step(returns="z")
+def plus_one_or_flaky(y: int) -> int:
+    import random
+
+    if random.random() < 0.05:
+        raise RuntimeError(f"element {y} was unlucky")
+    return y + 1
+
+
+def test_a_two_map_sweep_of_10000_with_random_failures_and_restarts(computers, shared_store):
+    env = computers("sweep", cores_per_node=2, nodes_per_block=3, poll_seconds=5)
+    flow = (
+        new_workflow("sweep")
+        .then(map_(doubled_or_flaky, "x[i] -> y[i]", max_restarts=3))
+        .then(map_(plus_one_or_flaky, "y[i] -> z[i]"))
+    )
+    n = 10_000
+    r = run(flow, env, shared_store, x=list(range(n)))
+    first, _second = r.called
+    assert (
+        first.attempts[1]["n_submitted"]
+        == first.attempts[0]["n_submitted"] - (first.attempts[0]["succeeded"])
+    )
+    for restart in range(6):
+        z = r.called[1].outputs.return_values.z.to_array()
+        failed = int(z.mask.sum())
+        if failed == 0:
+            break
+        r = flows.submit(r.get_builder_restart(), store=shared_store).wait(600)
+        rec = r.called[1].record
+        assert rec.n_reused == n - failed and rec.n_submitted == failed, (restart, failed)
+    assert z.mask.sum() == 0, "still failing after 6 restarts"
+    assert z.tolist() == [2 * x + 1 for x in range(n)]
+    y = r.called[0].outputs.return_values.y.to_array()
+    assert y.tolist() == [2 * x for x in range(n)]
+
+
+DRIVER = """
+import sys
+import parsl_flows as flows
+from parsl_flows import step
+from parsl_flows.workflow import map_, new_workflow
+
+@step(returns="y")
+def counted(x, calls):
+    import os, time, uuid
+    open(os.path.join(calls, f"{x}-{uuid.uuid4().hex}"), "w").close()
+    time.sleep(0.02)
+    return 2 * x
+
+env = flows.engine.execution_environment(None, "localcluster", queue=("debug", 2))
+flow = new_workflow("killme").then(map_(counted, "x[i] -> y[i]")).on(env)
+run = flows.submit(flows.workflow.build(flow, x=list(range(2000)), calls=sys.argv[2]),
+                   store=sys.argv[1])
+print(run.path, flush=True)
+run.wait()
+"""
+
+
+def _backing(path: Path) -> Path:
+    """Where the file server keeps ``path``: what every client sees once its caches expire."""
+    return STATE / "shared-backing" / path.relative_to(SHARED)
+
+
+def test_resume_after_a_sigkilled_driver_computes_nothing_twice(shared_store, tmp_path):
+    import signal
+    import sys
+
+    calls = tmp_path / "calls"  # local: the nodes share this machine's /tmp
+    calls.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(shared_store), str(calls)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_path = Path(proc.stdout.readline().strip())
+        results = _backing(run_path / "steps" / "00-counted" / "return_values" / "y")
+        deadline = time.monotonic() + 300
+        while (len(os.listdir(results)) if results.exists() else 0) < 700:
+            assert proc.poll() is None, "the driver ended before it could be killed"
+            assert time.monotonic() < deadline, "the map never got a third done"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    interrupted = flows.load_run(run_path)
+    assert interrupted.status == "interrupted"
+    resumed = interrupted.resume().wait(600)
+    assert resumed.exit_code == 0, flows.report.log(resumed)
+    y = resumed.called[0].outputs.return_values.y.to_array()
+    assert not y.mask.any() and y.tolist() == [2 * x for x in range(2000)]
+    called = [name.split("-")[0] for name in os.listdir(calls)]
+    assert set(called) == {str(x) for x in range(2000)}
+    # Only elements cut off mid-call by the kill and by the take-over ran twice.
+    assert len(called) - 2000 <= 4, len(called) - 2000
+    assert "already in the store (resumed)" in flows.report.log(resumed.called[0])
+
+
+@step(returns="node")
+def slow_where(x: int, marks: str) -> str:
+    node = os.environ.get("SLURMD_NODENAME", "")
+    Path(marks, f"{x}-{node}-{uuid.uuid4().hex[:6]}").touch()
+    time.sleep(1)
+    return node
+
+
+def test_a_node_lost_mid_run_costs_no_restart_and_nothing_is_lost(
+    computers, shared_store, tmp_path
+):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # One block per node (exclusive), so that losing a node loses one block of three.
+    env = computers("pernode", cores_per_node=2, max_blocks=len(NODES), exclusive=True,
+                    poll_seconds=2)  # fmt: skip
+    flow = new_workflow("lose").then(map_(slow_where, "x[i] -> node[i]"))
+    n = 90
+    r = flows.submit(
+        flows.workflow.build(flow.on(env), x=list(range(n)), marks=str(marks)), store=shared_store
+    )
+    victim = NODES[1]
+    try:
+        deadline = time.monotonic() + 180
+        while not any(f"-{victim}-" in m for m in os.listdir(marks)):
+            assert time.monotonic() < deadline, f"nothing ever ran on {victim}"
+            assert r.status not in ("finished", "failed"), flows.report.log(r)
+            time.sleep(0.2)
+        subprocess.run(
+            ["scontrol", "update", f"NodeName={victim}", "State=DOWN", "Reason=test"], check=True
+        )
+        r.wait(600)
+    finally:
+        subprocess.run(["scontrol", "update", f"NodeName={victim}", "State=RESUME"], check=False)
+    s = r.called[0]
+    assert r.exit_code == 0 and s.exit_code == 0, flows.report.log(s)
+    nodes = s.outputs.return_values.node.to_array()
+    assert not nodes.mask.any()
+    lost = {m.split("-")[0] for m in os.listdir(marks) if f"-{victim}-" in m}
+    rerun = {x for x in lost if nodes[int(x)] != victim}
+    assert rerun, "no element of the lost node ran again elsewhere"
+    assert s.attempts[0]["infrastructure"] >= 1, s.attempts
+    assert "worker pool lost" in flows.report.log(s) or "lost" in flows.report.log(s)
