@@ -32,12 +32,14 @@ __all__ = [
     "drop_damaged",
     "dumps",
     "element_path",
+    "file_exists",
     "is_intact",
     "load_elements",
     "load_pickle",
     "present_indices",
     "read_exception",
     "read_json",
+    "refresh_folder",
     "write_bytes",
     "remove_element",
     "write_element",
@@ -224,8 +226,51 @@ def element_index(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def present_indices(folder: Path) -> np.ndarray:
-    """The linear indices that have a file in ``folder`` (one directory listing)."""
+def file_exists(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` exists, asked by opening it.
+
+    On a shared filesystem another client's change may reach this one's cached attributes
+    only a minute later (NFS ``acregmax``), so ``stat`` can find a file that another node
+    removed; opening it asks the server (close-to-open).  A file another node just created
+    may still be missed (a cached negative lookup), so False means "not seen yet": callers
+    must treat it as "compute again", never as "failed".
+    """
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        return False
+    except OSError:  # there, but not ours to open (a folder, no permission)
+        return True
+    return True
+
+
+def refresh_folder(folder: str | os.PathLike[str]) -> None:
+    """Make this client's listing and time stamp of ``folder`` current, as far as it can.
+
+    Through a client of a shared filesystem (NFS, sshfs), a listing or a folder's time stamp
+    may be up to a minute old (``acdirmax``) when other nodes wrote into it.  A change this
+    client makes itself revalidates them: so a file is created in the folder and removed.
+    Best effort (a read-only store, a missing folder: nothing done): callers still treat
+    what a listing misses as "compute again" and open what it finds.
+    """
+    marker = os.path.join(folder, f".refresh.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(marker)
+    except OSError:
+        pass
+
+
+def present_indices(folder: Path, fresh: bool = False) -> np.ndarray:
+    """The linear indices that have a file in ``folder`` (one directory listing).
+
+    The listing is this client's: on a shared filesystem it may miss files other nodes
+    wrote in the last minute, and list some they removed.  ``fresh`` first makes it
+    current (:func:`refresh_folder`: a file created and removed, so the folder's time
+    stamp changes); readers that only look leave it False.
+    """
+    if fresh:
+        refresh_folder(folder)
     try:
         names = os.listdir(folder)
     except FileNotFoundError:

@@ -8,12 +8,27 @@ the workers send them back with their tasks' codes (``engine/numbers_back.py``).
 
 So when a map ends, the driver writes them to ``steps/NN-name/numbers/<output>.npz``
 (about 8 bytes an element), and readers take the elements it holds from there, the
-others from their files.  The element files stay the store's truth: the numbers file
-records the element folder's modification time when it was written, and a folder that
-changed since (an element added, removed or replaced: the store only ever renames files
-into place) makes it stale, so it is ignored.  Filesystems stamp times from a clock that
-ticks every few milliseconds, so the file is written only once the folder has been still
-for :data:`SETTLE_SECONDS`: any later change then bears a later time.
+others from their files.  The element files stay the store's truth, and two guards keep
+the numbers file from contradicting them:
+
+- the engine removes it (:func:`forget_numbers`) before it changes the folder (a resume,
+  a restart): readers open it by name, which a shared filesystem answers from the file
+  server (close-to-open), so no cached view can bring back a removed numbers file;
+- it records the element folder's modification time when it was written, and a folder
+  that changed since (an element added, removed or replaced from outside: the store only
+  ever renames files into place) makes it stale, so it is ignored.  Filesystems stamp
+  times from a clock that ticks every few milliseconds (a second on some), so the file is
+  written only once the folder has been still for :data:`SETTLE_SECONDS`.
+
+The folder's time is the weaker guard on a cluster: through one client of a shared
+filesystem it may be a minute old (NFS ``acdirmax``), so a change made through another
+client may go unseen that long.  So the writer makes its own view current first
+(``files.refresh_folder``, itself a change of the folder: its stamp is then the latest),
+and a reader goes by the file unless its client shows the folder *later* than that
+stamp: a node whose view is older (cached when it wrote its own elements) has seen
+nothing newer, and an equal-only test would send every node to the files for a minute
+after each map.  Whether the file holds every element there (``complete``) is what the
+driver knows from its tasks' codes, not a listing.
 
 Only outputs of which every value had the same type are written, so an element read
 from it is what its file holds: a ``float`` stays a ``float``, a ``numpy.float32`` a
@@ -46,7 +61,7 @@ from typing import Any, cast
 import cloudpickle
 import numpy as np
 
-from .files import write_bytes
+from .files import refresh_folder, write_bytes
 
 __all__ = [
     "KINDS",
@@ -153,15 +168,15 @@ def write_numbers(
     values: np.ndarray,
     kind: str,
     *,
-    covers: int | None = None,
+    complete: bool = False,
 ) -> bool:
     """Keep ``values`` (elements ``indices`` of ``folder``, all of type ``kind``) in the
     folder's numbers file.  Call it once the folder's elements are all written.
 
-    ``covers``: the folder's time stamp when a listing of it found exactly ``indices``.
-    If the folder still has that stamp, the file says it holds every element there
-    (``complete``), and readers take the elements present from it instead of listing the
-    folder (a second for a million files).
+    ``complete``: the caller knows that ``indices`` are every element with a file in the
+    folder (from its tasks' codes: a listing may be stale on a shared filesystem).  The
+    file then says so, and readers take the elements present from it instead of listing
+    the folder (a second for a million files).
 
     False, and nothing written, if the folder keeps changing (something still writes
     into it): readers then take the element files.
@@ -177,7 +192,7 @@ def write_numbers(
         values=np.asarray(values),
         kind=np.array(kind),
         folder_mtime_ns=np.array(stamp, dtype=np.int64),
-        complete=np.array(covers is not None and covers == stamp),
+        complete=np.array(bool(complete)),
     )
     return True
 
@@ -190,12 +205,18 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _settled_mtime(folder: str | os.PathLike[str]) -> int | None:
-    """The folder's modification time once it has not changed for SETTLE_SECONDS."""
+    """The folder's modification time once it has not changed for SETTLE_SECONDS.
+
+    Made current first: other nodes wrote the folder, and this client's cached time may
+    be a minute old.  The stamp comes from the file server's clock, which may be ahead of
+    this host's: no wait is longer than SETTLE_SECONDS for that.
+    """
+    refresh_folder(folder)
     stamp = os.stat(folder).st_mtime_ns
     for _ in range(_SETTLE_ROUNDS):
         age = (time.time_ns() - stamp) / 1e9
         if age < SETTLE_SECONDS:
-            time.sleep(SETTLE_SECONDS - age)
+            time.sleep(min(SETTLE_SECONDS - age, SETTLE_SECONDS))
         again = os.stat(folder).st_mtime_ns
         if again == stamp:
             return stamp
@@ -279,9 +300,11 @@ def forget_numbers(folder: str | os.PathLike[str]) -> None:
     shutil.rmtree(_parts_folder(folder), ignore_errors=True)
 
 
-# The last few numbers files read, by (file, its mtime, its folder's mtime): a worker runs
-# many tasks over one input, and FileBasedObjectArray slices read it once per slice.
-_READ: dict[tuple[str, int, int, int], KnownNumbers | KnownParts] = {}
+# The last few numbers files read, by (file, its inode, size and mtime, its folder's mtime):
+# a worker runs many tasks over one input, and FileBasedObjectArray slices read it once
+# per slice.  The file's own are taken from the file opened (close-to-open: current on a
+# shared filesystem), so a numbers file written anew is never served from here.
+_READ: dict[tuple[str, int, int, int, int, int], KnownNumbers | KnownParts] = {}
 _READ_LIMIT = 4
 _READ_LOCK = threading.Lock()
 
@@ -300,19 +323,39 @@ def _read_kept(
     folder: str | os.PathLike[str], size: int, path: Path
 ) -> KnownNumbers | KnownParts | None:
     try:
-        file_mtime = os.stat(path).st_mtime_ns
-        folder_mtime = os.stat(folder).st_mtime_ns
+        with open(path, "rb") as f:  # by name: a removed numbers file is gone for any client
+            file_stat = os.fstat(f.fileno())
+            folder_mtime = os.stat(folder).st_mtime_ns
+            key = (
+                str(path),
+                file_stat.st_ino,
+                file_stat.st_size,
+                file_stat.st_mtime_ns,
+                folder_mtime,
+                size,
+            )
+            with _READ_LOCK:
+                if key in _READ:
+                    return _READ[key]
+            known = _load_kept(folder, size, f, folder_mtime)
     except OSError:
         return None
-    key = (str(path), file_mtime, folder_mtime, size)
-    with _READ_LOCK:
-        if key in _READ:
-            return _READ[key]
+    if known is not None:
+        with _READ_LOCK:
+            if len(_READ) >= _READ_LIMIT:
+                _READ.pop(next(iter(_READ)))
+            _READ[key] = known
+    return known
+
+
+def _load_kept(
+    folder: str | os.PathLike[str], size: int, f: Any, folder_mtime: int
+) -> KnownNumbers | KnownParts | None:
     known: KnownNumbers | KnownParts
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if int(data["folder_mtime_ns"]) != folder_mtime:
-                return None  # the folder changed: its files are the truth
+        with np.load(f, allow_pickle=False) as data:
+            if folder_mtime > int(data["folder_mtime_ns"]):
+                return None  # the folder changed since: its files are the truth
             if "names" in data:
                 names = [str(n) for n in data["names"]]
                 part_of, indices = data["part_of"], data["indices"]
@@ -328,8 +371,4 @@ def _read_kept(
                     return None
     except _DAMAGED:  # the element files are still there
         return None
-    with _READ_LOCK:
-        if len(_READ) >= _READ_LIMIT:
-            _READ.pop(next(iter(_READ)))
-        _READ[key] = known
     return known

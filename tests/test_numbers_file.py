@@ -112,23 +112,18 @@ def test_a_folder_changed_since_makes_it_stale(tmp_path: Path) -> None:
 def test_a_file_that_covers_the_folder_spares_readers_the_listing(
     tmp_path: Path, monkeypatch
 ) -> None:
-    # A map lists its folder once as it ends; when that listing found exactly the
-    # elements the numbers file holds, and the folder has not changed since, readers
-    # take the elements present from the file (listing a million files takes a second).
+    # A map knows from its tasks' codes which elements have files; when they are exactly
+    # the elements the numbers file holds, readers take the elements present from the
+    # file (listing a million files takes a second).
     import parsl_flows.store as store_module
 
     values = [1.0, 2.0, 3.0, 4.0]
     folder = an_output(tmp_path, values)
     (folder / "__2__.pickle").unlink()
-    stamp = os.stat(folder).st_mtime_ns
     write_numbers(folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float")
-    assert not read_numbers(folder, 4).complete  # no listing given: readers list
+    assert not read_numbers(folder, 4).complete  # not said: readers list
     write_numbers(
-        folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float", covers=stamp - 1
-    )
-    assert not read_numbers(folder, 4).complete  # a listing of another state of the folder
-    write_numbers(
-        folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float", covers=stamp
+        folder, np.array([0, 1, 3]), np.array([1.0, 2.0, 4.0]), "builtins.float", complete=True
     )
     assert read_numbers(folder, 4).complete
     listings: list[Path] = []
@@ -312,7 +307,7 @@ def test_a_part_gone_or_damaged_leaves_the_files(tmp_path: Path) -> None:
     assert FileBasedObjectArray(folder, (4,)).to_array().tolist() == values
 
 
-def test_a_map_claims_only_the_files_its_listing_found(tmp_path: Path) -> None:
+def test_a_map_claims_only_the_files_its_tasks_wrote(tmp_path: Path) -> None:
     # Elements already there from an earlier run (resume, reuse) are files the map's own
     # numbers do not hold: the numbers file must not say it covers the folder then.
     from parsl_flows.engine.inputs import MappedInputs
@@ -323,11 +318,13 @@ def test_a_map_claims_only_the_files_its_listing_found(tmp_path: Path) -> None:
 
     folder = an_output(tmp_path, [1.0, 2.0, 3.0])
     inputs = Inputs()
-    assert inputs._present(folder, 3).tolist() == [True, True, True]
-    stamp = os.stat(folder).st_mtime_ns
-    assert inputs._listed_exactly(folder, np.array([2, 0, 1])) == stamp
-    assert inputs._listed_exactly(folder, np.array([1, 2])) is None  # 0 came from before
-    assert inputs._listed_exactly(tmp_path / "never-listed", np.array([0])) is None
-    write_numbers(folder, np.array([1, 2]), np.array([2.0, 3.0]), "builtins.float", covers=None)
+    kept, succeeded = np.array([0]), np.array([1, 2])
+    noted = inputs._note_present(folder.parent.parent, ["y"], 3, kept, succeeded)
+    assert noted["y"].tolist() == [True, True, True]
+    assert inputs._present(folder, 3) is noted["y"]  # no listing: what the map's end noted
+    assert inputs._holds_every(folder, np.array([2, 0, 1]))
+    assert not inputs._holds_every(folder, np.array([1, 2]))  # 0 came from before
+    assert not inputs._holds_every(tmp_path / "never-noted", np.array([0]))
+    write_numbers(folder, np.array([1, 2]), np.array([2.0, 3.0]), "builtins.float")
     assert not read_numbers(folder, 3).complete
     assert FileBasedObjectArray(folder, (3,)).to_array().tolist() == [1.0, 2.0, 3.0]

@@ -134,7 +134,9 @@ class StepAttempts(MappedInputs):
         if len(have) and not st.reused_from:
             log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
         try:
-            codes, messages, exhausted = self._attempts(node, st, params, shape, todo, log)
+            codes, messages, exhausted, succeeded = self._attempts(
+                node, st, params, shape, todo, log
+            )
         finally:  # an interrupted run keeps its keys too: a restart reuses what it has
             if keys_later is not None:
                 try:
@@ -154,9 +156,7 @@ class StepAttempts(MappedInputs):
             if st.n_done == 0 and total:
                 self.keys.array.update({out: None for out in node.outputs})
                 return {}
-            present = {
-                out: self._present(step_dir / "return_values" / out, total) for out in node.outputs
-            }
+            present = self._note_present(step_dir, node.outputs, total, have, succeeded)
             self.keys.note_map_outputs(node.outputs, present, keys)
             return {
                 out: Source("array", str(step_dir / "return_values" / out), shape)
@@ -181,11 +181,11 @@ class StepAttempts(MappedInputs):
         shape: tuple[int, ...],
         todo: np.ndarray,
         log: Callable[[str], None],
-    ) -> tuple[dict[int, int], dict[int, str], bool]:
+    ) -> tuple[dict[int, int], dict[int, str], bool, np.ndarray]:
         """Submit ``todo``, then resubmit what failed, as the step's restart policy allows.
 
-        Returns the final code and message of each element that failed, and whether some
-        element used up its budget.
+        Returns the final code and message of each element that failed, whether some
+        element used up its budget, and the elements that succeeded (as their tasks said).
         """
         step_dir = self.step_dir(st)
         spec = str(node.mapspec) if isinstance(node, Map) else None
@@ -236,10 +236,7 @@ class StepAttempts(MappedInputs):
                 )
             else:
                 log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
-            # A stale exception would read as this attempt's error if its task is lost.
-            exc_dir = step_dir / "exception"
-            for n in common(present_indices(exc_dir), todo).tolist():
-                remove_element(str(exc_dir), n)
+            self._remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
             self._save(st)
             lone = common(todo, np.fromiter(suspects, dtype=np.int64, count=len(suspects)))
             alone: list[tuple[int, ...]] = [(n,) for n in lone.tolist()]
@@ -295,7 +292,26 @@ class StepAttempts(MappedInputs):
         failed_codes = {int(n): int(final[n]) for n in np.flatnonzero(failed)}
         if isinstance(node, Map):
             self.numbers_back[st.name] = numbers
-        return failed_codes, {n: messages[n] for n in failed_codes}, exhausted
+        succeeded = np.flatnonzero(final == OK)
+        return failed_codes, {n: messages[n] for n in failed_codes}, exhausted, succeeded
+
+    @staticmethod
+    def _remove_exceptions(exc_dir: Path, todo: np.ndarray, again: bool) -> None:
+        """Remove the exception files of the elements about to run: a stale one would read
+        as this attempt's error if its task is lost, or make a running task look finished.
+
+        ``again`` (an attempt after the first of this execution): ``todo`` is what the last
+        attempt's tasks said failed or did not start, so their files are removed by name,
+        whatever the driver's listing shows; another node's files may reach it a minute
+        late.  A first attempt has no tasks to go by (a resume after a killed driver): the
+        folder is listed, made current first (``refresh_folder``).
+        """
+        if again:
+            for n in todo.tolist():
+                remove_element(str(exc_dir), n)
+            return
+        for n in common(present_indices(exc_dir, fresh=True), todo).tolist():
+            remove_element(str(exc_dir), n)
 
     def _record_attempt(
         self,

@@ -7,7 +7,7 @@ of an upstream map, or of a masked-array input, leaves it out.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,12 @@ from .worker import Source
 __all__ = ["MappedInputs"]
 
 
-def _time_stamp(folder: Path) -> int | None:
-    try:
-        return os.stat(folder).st_mtime_ns
-    except OSError:
-        return None
-
-
 class MappedInputs:
     """Shapes and masks of a step's mapped inputs (mixed into ``Execution``)."""
 
     _values: dict[str, Any]  # value files already in memory (the inputs)
-    #: Output folder -> which elements have a file, and the folder's time stamp then (None
-    #: if it changed while it was listed).
-    _presence: dict[str, tuple[np.ndarray, int | None]]
+    #: Output folder of a finished map -> which elements have a file (flat).
+    _presence: dict[str, np.ndarray]
 
     def _value(self, src: Source) -> Any:
         if src.path not in self._values:
@@ -63,25 +55,45 @@ class MappedInputs:
     def _present(self, folder: Path, size: int) -> np.ndarray:
         """Which of ``size`` elements have a file in a finished map's output ``folder``.
 
-        One listing per output and run: the map's own end and every map downstream ask,
-        and listing a folder of a million files takes seconds.
+        What the map's end noted (:meth:`_note_present`), which every map of this run
+        does; else one listing of the folder, made current first.
         """
         key = str(folder)
         if key not in self._presence:
-            before = _time_stamp(folder)
             present = np.zeros(size, dtype=bool)
-            found = present_indices(folder)
+            found = present_indices(folder, fresh=True)
             present[found[found < size]] = True
-            self._presence[key] = (present, before if before == _time_stamp(folder) else None)
-        return self._presence[key][0]
+            self._presence[key] = present
+        return self._presence[key]
 
-    def _listed_exactly(self, folder: Path, indices: np.ndarray) -> int | None:
-        """The time stamp of ``folder`` when its listing found exactly ``indices`` (None:
-        not listed, changed while listed, or other files)."""
-        present, stamp = self._presence.get(str(folder), (None, None))
-        if present is None or stamp is None:
-            return None
-        return stamp if np.array_equal(np.sort(indices), np.flatnonzero(present)) else None
+    def _note_present(
+        self,
+        step_dir: Path,
+        outputs: Iterable[str],
+        size: int,
+        kept: np.ndarray,
+        succeeded: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Note which elements of a map that just ended have their files, per output: those
+        ``kept`` from before (found in the store and opened) and those that ``succeeded``.
+
+        Not a listing of the folders: on a cluster the workers wrote them through other
+        clients of a shared filesystem, and this driver's listing may be a minute behind
+        them (NFS ``acdirmax``); a map downstream would take the elements it misses for
+        masked.  The tasks' own codes, which came back through Parsl, are the truth.  (A
+        failed element has no files: the worker, or ``tasks._lost``, removes them.)
+        """
+        present = np.zeros(size, dtype=bool)
+        present[kept] = True
+        present[succeeded] = True
+        for out in outputs:
+            self._presence[str(step_dir / "return_values" / out)] = present
+        return {out: present for out in outputs}
+
+    def _holds_every(self, folder: Path, indices: np.ndarray) -> bool:
+        """Are ``indices`` every element with a file in ``folder``, as its map's end noted?"""
+        present = self._presence.get(str(folder))
+        return present is not None and np.array_equal(np.sort(indices), np.flatnonzero(present))
 
     def _submittable(
         self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]

@@ -23,6 +23,7 @@ from ..errors import EXIT_CODES
 from ..lock import RunLock
 from ..numbers_file import KINDS, write_numbers, write_parts_index
 from ..status import RunRecord, StepStatus
+from ..store import refresh_folder
 from ..workflow import Call, Map, Workflow
 from . import stopping
 from .attempts import StepAttempts, exit_code_of
@@ -97,7 +98,7 @@ class Execution(StepAttempts):
         self.numbers_back: dict[str, NumbersBack] = {}
         self._helpers_seen: tuple[Any, ...] | None = None  # what _note_helpers last recorded
         self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
-        self._presence: dict[str, tuple[np.ndarray, int | None]] = {}  # maps' outputs, listed
+        self._presence: dict[str, np.ndarray] = {}  # which elements of maps' outputs exist
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
@@ -298,8 +299,8 @@ class Execution(StepAttempts):
             folder = step_dir / "return_values" / out
             try:
                 if out in known and kinds.get(out) in KINDS:
-                    covers = self._listed_exactly(folder, known[out][0])
-                    write_numbers(folder, *known[out], kinds[out], covers=covers)
+                    every = self._holds_every(folder, known[out][0])
+                    write_numbers(folder, *known[out], kinds[out], complete=every)
                 elif out in parts:
                     write_parts_index(folder, parts[out])
             except OSError as e:  # a full store: readers take the element files
@@ -342,6 +343,7 @@ class Execution(StepAttempts):
         back = self.numbers_back.pop(node.name, None)
         known = back.known() if back is not None else {}
         if isinstance(node, Map) and not self.stopping.is_set():
+            _refresh_folders(self.step_dir(st), node.outputs)
             if back is not None:  # before the steps that read this map start
                 self._keep_numbers(self.step_dir(st), known, back.kinds(), back.parts())
             # dataset.nc is written beside the run, not before the steps that wait for
@@ -354,3 +356,13 @@ class Execution(StepAttempts):
             verdict = f"exit code {st.exit_code}{meaning}"
         self.log(f"step {node.name} {st.state}: {verdict}")
         return produced
+
+
+def _refresh_folders(step_dir: Path, outputs: tuple[str, ...] | list[str]) -> None:
+    """Make this host's view of a finished map's folders current, before its numbers are
+    kept: the workers wrote them through other clients of a shared filesystem, and what
+    lists them here next (the ``dataset.nc`` helper, ``to_array()`` in this process) must
+    not go by a listing cached before they did (see ``files.refresh_folder``)."""
+    for out in outputs:
+        refresh_folder(step_dir / "return_values" / out)
+    refresh_folder(step_dir / "exception")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..ranges import common, without
 from ..status import RunRecord
-from ..store import element_path, is_intact, present_indices
+from ..store import element_path, file_exists, is_intact, present_indices
 
 __all__ = [
     "link_file",
@@ -60,7 +60,10 @@ def reusable_elements(
     """``(new index, old index)`` pairs for wanted elements whose key exists in ``origin_dir``.
 
     Only old elements that have every output, each file whole, are used: a damaged file
-    is computed again rather than copied.
+    is computed again rather than copied.  The earlier run's folders are listed as this
+    client sees them, not refreshed (that would write into another run): an element a
+    stale listing misses is computed instead of reused, and one it lists that is gone
+    fails ``is_intact``, which opens it, and is computed too.
     """
     try:
         old_keys = np.load(origin_dir / KEYS_FILE)
@@ -97,15 +100,27 @@ def link_elements(
 
 
 def has_every_output(step_dir: Path, outputs: Iterable[str], n: int) -> bool:
-    """Has element ``n`` a file for every output in the store (one ``stat`` each)?"""
-    return all(element_path(step_dir / "return_values" / o, n).exists() for o in outputs)
+    """Has element ``n`` a file for every output in the store (one ``open`` each)?
+
+    Opened, not ``stat``-ed: on a shared filesystem a cached ``stat`` can still find a file
+    another node removed.  A file another node just wrote may be missed (see
+    ``files.file_exists``): the element then reads as not done, never as failed.
+    """
+    return all(file_exists(element_path(step_dir / "return_values" / o, n)) for o in outputs)
 
 
 def present_elements(step_dir: Path, outputs: Iterable[str], wanted: np.ndarray) -> np.ndarray:
-    """The wanted elements that have every output in the store (one listing per output)."""
+    """The wanted elements that have every output in the store (one listing per output).
+
+    What a resume starts from, when no Parsl result says what the dead driver's tasks did.
+    Each listing is made current first (``files.refresh_folder``); still, on a shared
+    filesystem it may miss a file another node wrote moments ago, and then that element is
+    computed again (never marked failed), and it may list a file since removed, which the
+    caller finds when it opens each file it keeps (``drop_damaged``).
+    """
     have = wanted
     for out in outputs:
-        have = common(have, present_indices(step_dir / "return_values" / out))
+        have = common(have, present_indices(step_dir / "return_values" / out, fresh=True))
     return have
 
 

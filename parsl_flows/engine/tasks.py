@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InfrastructureError
 from ..status import StepStatus
-from ..store import element_path, read_exception, write_pickle
+from ..store import element_path, file_exists, read_exception, remove_element, write_pickle
 from .chunking import ChunkSizer
 from .reuse import has_every_output
 from .runner import runner
@@ -132,6 +132,12 @@ class StepTasks:
         store, though.  So when nothing has finished for a while, pending tasks whose every
         element has a file are looked at again after the same delay, and if they still
         look finished, they are taken from the store.
+
+        On a shared filesystem the driver may see a worker's files up to a minute late: a
+        lost result is then taken a little later, never earlier.  Stale files cannot make
+        a running task look finished: the exception files of the elements a task reruns
+        are removed before it is submitted, by name (``attempts``), and result files are
+        opened, not ``stat``-ed (see ``_stored_code``).
         """
         quiet_since = time.monotonic()
         looked_finished: set[Future[TaskResult]] = set()
@@ -164,11 +170,17 @@ class StepTasks:
         return all(self._stored_code(task, n) != NOT_RUN for n in reversed(task.indices))
 
     def _stored_code(self, task: TaskSpec, n: int) -> int:
-        """OK, USER_ERROR, or NOT_RUN for no file: ``stat`` calls only."""
+        """OK, USER_ERROR, or NOT_RUN for no file: files are opened, not read.
+
+        Only for tasks whose result Parsl did not bring back (the task's own codes are the
+        truth otherwise).  Opening asks the file server, so a file another node removed is
+        not found in a stale cache; a file another node wrote moments ago may be missed,
+        and the element then reads as NOT_RUN: run again, never failed.
+        """
         step_dir = Path(task.step_dir)
         if has_every_output(step_dir, self.st.outputs, n):
             return OK
-        return USER_ERROR if element_path(step_dir / "exception", n).exists() else NOT_RUN
+        return USER_ERROR if file_exists(element_path(step_dir / "exception", n)) else NOT_RUN
 
     def _from_store(self, task: TaskSpec, n: int) -> tuple[int, str]:
         """What the store says of element ``n``: its code, and its message if it failed."""
@@ -184,6 +196,11 @@ class StepTasks:
         worker runs its task's elements in order, so the first one without a result was
         running when the worker died: it is the suspect (402, retried alone), and those
         after it never started (retried without counting a try).
+
+        Files another node wrote may reach this driver late (a shared filesystem's
+        caches): an element that finished may then look not started, and is run again.
+        So the suspect's result files, if any, are removed with its verdict: an element
+        the driver counts as failed has no result, whatever it left.
         """
         cause = _LOST.get(type(exc).__name__, f"task failed in Parsl ({type(exc).__name__})")
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -205,6 +222,8 @@ class StepTasks:
                 suspect_found = in_order
                 error = InfrastructureError(cause, detail)
                 with contextlib.suppress(OSError):  # a full store: the message still counts
+                    for out in self.st.outputs:  # whole or absent: never a partial result
+                        remove_element(str(step_dir / "return_values" / out), n)
                     write_pickle(exc_file, error)
                 verdicts.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
         self.log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
