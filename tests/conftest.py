@@ -52,3 +52,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(_EXIT_STATUS or 1)
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path):
+    """Where a Slurm test keeps its stores: the test bed's shared folder when it runs.
+
+    ``LOCAL_SLURM_SHARED=DIR bash tools/local-slurm.sh start`` mounts a shared filesystem
+    at DIR that every node sees through a client of its own (see tests/test_cluster.py);
+    stores there meet the caches and round trips of a cluster's NFS or Lustre.
+    """
+    import shutil
+    import uuid
+
+    shared = os.environ.get("LOCAL_SLURM_SHARED")
+    if not shared or not Path(shared).is_mount():
+        yield tmp_path
+        return
+    path = Path(shared) / f"test-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -346,3 +346,38 @@ def test_a_node_lost_mid_run_costs_no_restart_and_nothing_is_lost(
     assert rerun, "no element of the lost node ran again elsewhere"
     assert s.attempts[0]["infrastructure"] >= 1, s.attempts
     assert "worker pool lost" in flows.report.log(s) or "lost" in flows.report.log(s)
+
+
+@step(returns="y")
+def tripled(x: int) -> int:
+    time.sleep(0.25)
+    return 3 * x
+
+
+def test_a_shared_filesystem_that_stalls_for_30_s_only_delays_the_run(computers, shared_store):
+    import signal
+
+    node = NODES[-1]
+    env = computers("stalling", cores_per_node=2, scheduler_options=f"#SBATCH --nodelist={node}",
+                    poll_seconds=2)  # fmt: skip
+    flow = new_workflow("stall").then(map_(tripled, "x[i] -> y[i]"))
+    n = 160
+    r = flows.submit(flows.workflow.build(flow.on(env), x=list(range(n))), store=shared_store)
+    client = int((STATE / f"sshfs-{node}.pid").read_text())
+    results = _backing(r.path / "steps" / "00-tripled" / "return_values" / "y")
+    deadline = time.monotonic() + 180
+    while (len(os.listdir(results)) if results.exists() else 0) < 20:
+        assert time.monotonic() < deadline, "no element finished"
+        time.sleep(0.1)
+    os.kill(client, signal.SIGSTOP)  # every file operation of the node now waits
+    try:
+        stalled_at = len(os.listdir(results))
+        time.sleep(30)  # the fault: 30 s of a filesystem that does not answer
+        assert len(os.listdir(results)) <= stalled_at + 4  # the stall was real
+    finally:
+        os.kill(client, signal.SIGCONT)
+    r.wait(600)
+    s = r.called[0]
+    assert r.exit_code == 0 and s.exit_code == 0, flows.report.log(s)
+    assert s.outputs.return_values.y.to_array().tolist() == [3 * x for x in range(n)]
+    assert [(a["failed"], a["infrastructure"]) for a in s.attempts] == [(0, 0)], s.attempts

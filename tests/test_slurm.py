@@ -52,9 +52,11 @@ def run(flow, env, store, **inputs):
     return flows.submit(flows.workflow.build(flow.on(env), **inputs), store=store).wait(600)
 
 
-def test_seed_workflow_on_slurm_matches_the_local_run(cluster_env, local_env, tmp_path):
+def test_seed_workflow_on_slurm_matches_the_local_run(
+    cluster_env, local_env, tmp_path, cluster_dir
+):
     inputs = seed.seed_inputs(mesh_error=False, failure_probability=0.0)
-    on_slurm = run(seed.new_flow, cluster_env, tmp_path / "slurm", **inputs)
+    on_slurm = run(seed.new_flow, cluster_env, cluster_dir / "slurm", **inputs)
     local = run(seed.new_flow, local_env, tmp_path / "local", **inputs)
     assert on_slurm.exit_code == local.exit_code == 450
     for name in ("modified_electrostatics", "modified_get_charge"):
@@ -76,8 +78,8 @@ def sized_step(x: int) -> str:
     return os.environ.get("SLURM_JOB_ID", "")
 
 
-def test_a_resource_class_gets_its_own_block_of_that_size(cluster_env, tmp_path):
-    r = run(new_workflow("sized").then(sized_step), cluster_env, tmp_path, x=1)
+def test_a_resource_class_gets_its_own_block_of_that_size(cluster_env, cluster_dir):
+    r = run(new_workflow("sized").then(sized_step), cluster_env, cluster_dir, x=1)
     assert r.exit_code == 0, flows.report.log(r)
     rec = r.called[0].record
     assert rec.executor.endswith("-1c-1024mb")
@@ -112,7 +114,7 @@ def test_unknown_partition_is_rejected_before_submission(tmp_path):
 
 
 def test_a_block_that_cannot_start_is_reported_and_does_not_hang(
-    tmp_path, monkeypatch, cluster_env
+    tmp_path, monkeypatch, cluster_env, cluster_dir
 ):
     computers = tmp_path / "computers.toml"
     computers.write_text(
@@ -124,7 +126,7 @@ def test_a_block_that_cannot_start_is_reported_and_does_not_hang(
     )
     monkeypatch.setenv("PARSL_FLOWS_COMPUTERS", str(computers))
     env = flows.engine.execution_environment(None, "badcluster")
-    r = run(new_workflow("bad").then(seed.make_geometry), env, tmp_path / "store", x=1.0, y=2.0)
+    r = run(new_workflow("bad").then(seed.make_geometry), env, cluster_dir / "store", x=1.0, y=2.0)
     assert r.exit_code == 450
     s = r.called[0]
     assert s.exit_code == 402
@@ -136,7 +138,7 @@ def test_a_block_that_cannot_start_is_reported_and_does_not_hang(
     # The broken computer must not stop the driver's other executors from getting blocks
     # (Parsl re-ran its error handler on every poll and aborted polling for all of them).
     time.sleep(3)  # let Parsl poll the bad executor again, as it does every second
-    after = run(new_workflow("after").then(seed.make_geometry), cluster_env, tmp_path / "ok",
+    after = run(new_workflow("after").then(seed.make_geometry), cluster_env, cluster_dir / "ok",
                 x=1.0, y=2.0)  # fmt: skip
     assert after.exit_code == 0, flows.report.log(after)
     # The user fixes the computer and submits again from the same process (a notebook
@@ -145,7 +147,7 @@ def test_a_block_that_cannot_start_is_reported_and_does_not_hang(
     computers.write_text(computers.read_text().replace("exit 3", "true"))
     fixed_env = flows.engine.execution_environment(None, "badcluster")
     assert fixed_env.name == env.name
-    fixed = run(new_workflow("fixed").then(seed.make_geometry), fixed_env, tmp_path / "fixed",
+    fixed = run(new_workflow("fixed").then(seed.make_geometry), fixed_env, cluster_dir / "fixed",
                 x=1.0, y=2.0)  # fmt: skip
     assert fixed.exit_code == 0, flows.report.log(fixed)
     assert fixed.called[0].record.executor != s.record.executor
@@ -160,13 +162,15 @@ def slow_once(x: int, marks: str) -> int:
     return 10 * x
 
 
-def test_a_block_lost_mid_run_is_replaced_and_its_elements_rerun(cluster_env, tmp_path):
+def test_a_block_lost_mid_run_is_replaced_and_its_elements_rerun(
+    cluster_env, tmp_path, cluster_dir
+):
     marks = tmp_path / "marks"
     marks.mkdir()
     flow = new_workflow("lost_block").then(map_(slow_once, "x[i] -> y[i]"))
     r = flows.submit(
         flows.workflow.build(flow.on(cluster_env), x=list(range(4)), marks=str(marks)),
-        store=tmp_path / "store",
+        store=cluster_dir / "store",
     )
     mark = marks / "0"
     deadline = time.monotonic() + 120
@@ -207,10 +211,10 @@ def _jobs() -> set[str]:
     return set(out.stdout.split())
 
 
-def test_the_blocks_of_a_sigkilled_driver_end_by_themselves(tmp_path):
+def test_the_blocks_of_a_sigkilled_driver_end_by_themselves(tmp_path, cluster_dir):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    store = tmp_path / "store"
+    store = cluster_dir / "store"
     before = _jobs()
     proc = subprocess.Popen([sys.executable, str(script), str(store)], cwd=tmp_path)
     try:
