@@ -50,6 +50,7 @@ import _workload as work
 from map_throughput import filesystem
 
 import parsl_flows as flows
+from parsl_flows.engine import chunking
 from parsl_flows.engine.runner import runner
 from parsl_flows.workflow import Workflow, build, map_, new_workflow
 
@@ -261,6 +262,8 @@ def child(args: argparse.Namespace, workers: int, root: Path) -> dict[str, Any]:
     cmd += ["--seconds", str(args.seconds), "--ms", str(args.ms), "--nodes", str(args.nodes)]
     cmd += ["--slurm-cpus", str(args.slurm_cpus), "--partition", args.partition]
     cmd += ["--no-bare"] if args.no_bare else []
+    if args.max_tasks_per_second:
+        cmd += ["--max-tasks-per-second", str(args.max_tasks_per_second)]
     result: dict[str, Any] | None = None
     try:
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
@@ -296,7 +299,8 @@ def report(r: dict[str, Any], ms: float) -> str:
     ideal = n * ms / 1000 / w
     line = (
         f"{w:>3} ({r['nodes']}x{r['per_node']:<2}) {n:>7} {r['wall']:7.2f} {ideal:6.2f} "
-        f"{ideal / r['wall']:5.3f} {r['tasks']:>6} {r['cpu'] / n * 1e6:7.1f} "
+        f"{ideal / r['wall']:5.3f} {r['tasks']:>6} {r['tasks'] / r['wall']:7.1f} "
+        f"{r['cpu'] / n * 1e6:7.1f} "
         f"{r['interchange'] / n * 1e6:7.1f}"
     )
     if "bare_wall" in r:
@@ -320,8 +324,15 @@ def main() -> None:
     p.add_argument("--partition", default="debug")
     p.add_argument("--store", type=Path, help="folder for the stores (default: a temp dir)")
     p.add_argument("--no-bare", action="store_true", help="skip the bare Parsl baseline")
+    p.add_argument(
+        "--max-tasks-per-second",
+        type=float,
+        help="override the chunker's cap (engine/chunking.py), e.g. 1e9 for none",
+    )
     p.add_argument("--only", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.max_tasks_per_second:  # ChunkSizer reads it when a map starts
+        chunking.MAX_TASKS_PER_SECOND = args.max_tasks_per_second
     if args.only:
         result = one_count(args, args.only, args.store)
         print("RESULT " + json.dumps(result), flush=True)
@@ -335,6 +346,7 @@ def main() -> None:
         f"nodes asking {args.slurm_cpus} CPUs of each; this machine: {os.cpu_count()} CPUs"
     )
     print(f"store: {root}, filesystem {fstype} mounted at {mount}")
+    print(f"the chunker's cap: {chunking.MAX_TASKS_PER_SECOND:g} tasks a second")
     print("each timed map runs after warm-up maps on the same driver and executor, once every")
     print("worker is up and has run a task (worker start-up on this machine is not measured)")
     results = []
@@ -343,7 +355,7 @@ def main() -> None:
             results.append(child(args, w, root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    head = "workers      elements  wall s ideal   eff  tasks  drv us/el  ix us/el" + (
+    head = "workers      elements  wall s ideal   eff  tasks tasks/s drv us/el ix us/el" + (
         "" if args.no_bare else " | bare: wall s   eff drv us/el ix us/el | flows/bare wall cpu"
     )
     print("\n" + head)
