@@ -26,8 +26,8 @@ import pytest
 
 import parsl_flows as flows
 from parsl_flows import step
-from parsl_flows.engine.attempts import StepAttempts
 from parsl_flows.engine.reuse import has_every_output, present_elements
+from parsl_flows.engine.tasks import remove_exceptions
 from parsl_flows.numbers_file import forget_numbers, numbers_path, read_numbers, write_numbers
 from parsl_flows.store import dumps, present_indices, write_element
 from parsl_flows.workflow import map_, new_workflow
@@ -99,7 +99,7 @@ def test_exception_files_another_client_wrote_are_removed_before_a_rerun(place: 
     for again in (True, False):  # a retry within a run; a resume's first attempt
         write_element(str(exc_dir), 0, dumps(ValueError("old")))
         assert stale_listing(exc_dir, NODES[0]) == [0], "the test bed's listing was not stale"
-        StepAttempts._remove_exceptions(exc_dir, np.array([0, 1]), again=again)
+        remove_exceptions(exc_dir, np.array([0, 1]), again=again)
         server = STATE / "shared-backing" / exc_dir.relative_to(LOCAL)  # what all see, later
         assert sorted(os.listdir(server)) == [], again
 

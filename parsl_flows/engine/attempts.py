@@ -26,8 +26,6 @@ from ..status import StepStatus
 from ..store import (
     drop_damaged,
     element_path,
-    present_indices,
-    remove_element,
 )
 from ..workflow import Call, Map
 from .chunking import ChunkSizer
@@ -37,7 +35,7 @@ from .inputs import MappedInputs
 from .numbers_back import NumbersBack
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
-from .tasks import StepTasks
+from .tasks import StepTasks, remove_exceptions
 from .worker import (
     INFRASTRUCTURE,
     MISSING_OUTPUT,
@@ -236,7 +234,7 @@ class StepAttempts(MappedInputs):
                 )
             else:
                 log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
-            self._remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
+            remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
             self._save(st)
             lone = common(todo, np.fromiter(suspects, dtype=np.int64, count=len(suspects)))
             alone: list[tuple[int, ...]] = [(n,) for n in lone.tolist()]
@@ -294,24 +292,6 @@ class StepAttempts(MappedInputs):
             self.numbers_back[st.name] = numbers
         succeeded = np.flatnonzero(final == OK)
         return failed_codes, {n: messages[n] for n in failed_codes}, exhausted, succeeded
-
-    @staticmethod
-    def _remove_exceptions(exc_dir: Path, todo: np.ndarray, again: bool) -> None:
-        """Remove the exception files of the elements about to run: a stale one would read
-        as this attempt's error if its task is lost, or make a running task look finished.
-
-        ``again`` (an attempt after the first of this execution): ``todo`` is what the last
-        attempt's tasks said failed or did not start, so their files are removed by name,
-        whatever the driver's listing shows; another node's files may reach it a minute
-        late.  A first attempt has no tasks to go by (a resume after a killed driver): the
-        folder is listed, made current first (``refresh_folder``).
-        """
-        if again:
-            for n in todo.tolist():
-                remove_element(str(exc_dir), n)
-            return
-        for n in common(present_indices(exc_dir, fresh=True), todo).tolist():
-            remove_element(str(exc_dir), n)
 
     def _record_attempt(
         self,

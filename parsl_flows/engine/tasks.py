@@ -17,8 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InfrastructureError
+from ..ranges import common
 from ..status import StepStatus
-from ..store import element_path, file_exists, read_exception, remove_element, write_pickle
+from ..store import (
+    element_path,
+    file_exists,
+    present_indices,
+    read_exception,
+    remove_element,
+    write_pickle,
+)
 from .chunking import ChunkSizer
 from .reuse import has_every_output
 from .runner import runner
@@ -32,7 +40,7 @@ from .worker import (
     TaskSpec,
 )
 
-__all__ = ["StepTasks"]
+__all__ = ["StepTasks", "remove_exceptions"]
 
 # Parsl's names for a task whose worker (or whole worker pool) died under it.
 _LOST = {"WorkerLost": "worker lost", "ManagerLost": "worker pool lost"}
@@ -41,6 +49,24 @@ _FLUSH_SECONDS = 0.5
 STOP_POLL_SECONDS = 0.25
 #: Without any task finishing for this long, look for tasks finished in the store.
 _STALL_SECONDS = 5.0
+
+
+def remove_exceptions(exc_dir: Path, todo: np.ndarray, again: bool) -> None:
+    """Remove the exception files of the elements ``todo`` about to run: a stale one would
+    read as this attempt's error if its task is lost, or make a running task look finished.
+
+    ``again`` (an attempt after the first of this execution): ``todo`` is what the last
+    attempt's tasks said failed or did not start, so their files are removed by name,
+    whatever the driver's listing shows; another node's files may reach it a minute late.
+    A first attempt has no tasks to go by (a resume after a killed driver): the folder is
+    listed, made current first (``files.refresh_folder``).
+    """
+    if again:
+        for n in todo.tolist():
+            remove_element(str(exc_dir), n)
+        return
+    for n in common(present_indices(exc_dir, fresh=True), todo).tolist():
+        remove_element(str(exc_dir), n)
 
 
 class StepTasks:
