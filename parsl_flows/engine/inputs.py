@@ -56,12 +56,14 @@ class MappedInputs:
         """Which of ``size`` elements have a file in a finished map's output ``folder``.
 
         What the map's end noted (:meth:`_note_present`), which every map of this run
-        does; else one listing of the folder, made current first.
+        does; else one listing of the folder.  That listing is not made current
+        (``files.refresh_folder`` changes the folder, which would set its numbers file
+        aside): no map's output reaches here without its end having noted it.
         """
         key = str(folder)
         if key not in self._presence:
             present = np.zeros(size, dtype=bool)
-            found = present_indices(folder, fresh=True)
+            found = present_indices(folder)
             present[found[found < size]] = True
             self._presence[key] = present
         return self._presence[key]

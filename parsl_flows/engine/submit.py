@@ -15,7 +15,7 @@ from typing import Any
 
 from ..lock import RunLock, RunLockedError
 from ..status import FINAL_RUN_STATES, RunRecord, StepStatus
-from ..store import default_store, load_pickle, write_pickle
+from ..store import default_store, file_exists, load_pickle, write_pickle
 from ..workflow import Builder, Map, Workflow
 from .environment import ExecutionEnvironment
 from .orchestrator import Execution, StepLog
@@ -99,7 +99,9 @@ def start(
     lock = RunLock(run_dir)
     lock.acquire(StepLog(run_dir / "log.txt"))
     origin = Path(builder.restarted_from) if reuse and builder.restarted_from else None
-    if origin is not None and not (origin / "run.json").exists():
+    # Opened, not stat-ed: a cached stat may still show a run another host deleted.  (A
+    # run another host made a moment ago may be missed: its results are computed again.)
+    if origin is not None and not file_exists(origin / "run.json"):
         StepLog(run_dir / "log.txt")(f"cannot reuse results: run {origin} is gone")
         origin = None
     execution = Execution(
