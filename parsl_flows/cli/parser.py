@@ -164,7 +164,9 @@ def make_parser() -> argparse.ArgumentParser:
         python -m parsl_flows cleanup --store /scratch/me/parsl-flows-store
 
         Needed only when a driver died where nothing could follow it (a rebooted login
-        node); runs stay resumable.
+        node); runs stay resumable.  A driver of another login node counts as dead once
+        its lease expired ($PARSL_FLOWS_LEASE_SECONDS, 90 s): its Slurm jobs are
+        cancelled, its processes named, not signalled.
         """,
     )
     p.set_defaults(handler=cmd_cleanup)
@@ -176,7 +178,9 @@ def make_parser() -> argparse.ArgumentParser:
         python -m parsl_flows resume 20261126-1015
         python -m parsl_flows resume 20261126-1015 --detach
 
-        Only what is not in the store yet is computed.
+        Only what is not in the store yet is computed.  On another login node than the
+        old driver's, it refuses while that driver's lease is live and takes over once
+        the lease expired ($PARSL_FLOWS_LEASE_SECONDS, 90 s).
         """,
     )
     p.add_argument("run", metavar="RUN")
