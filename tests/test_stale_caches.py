@@ -227,3 +227,64 @@ def test_a_map_downstream_gets_every_element_the_nodes_wrote(place: str, tmp_pat
     with xr.open_dataset(first.path / "dataset.nc") as dataset:  # the helper listed it here
         assert not dataset["y_mask"].values.any()
         assert dataset["y"].values.tolist() == [10 * x for x in range(6)]
+
+
+@step(returns="y")
+def counted(x: int, gate: str, calls: str) -> int:
+    """Elements 0 to 2 at once, the others once ``gate`` exists; each call leaves a file in
+    ``calls``."""
+    import os
+    import time
+    import uuid
+
+    deadline = time.monotonic() + 300
+    while x >= 3 and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    open(os.path.join(calls, f"{x}-{uuid.uuid4().hex}"), "w").close()
+    return 10 * x
+
+
+@pytest.mark.slurm
+def test_a_resume_computes_nothing_twice_though_this_client_listed_the_map(
+    place: str, tmp_path: Path
+) -> None:
+    """The driver stops while the nodes still run elements, having listed the map's output
+    (as ``status`` does); the nodes finish them; the resume, here, must find them all."""
+    from parsl_flows.engine.submit import start
+
+    env = flows.engine.execution_environment(None, "localcluster", queue=("debug", 2))
+    gate, calls = tmp_path / "go", tmp_path / "calls"  # /tmp: the nodes see it at once
+    calls.mkdir()
+    flow = (
+        new_workflow("resumed")
+        .then(map_(counted, "x[i] -> y[i]", chunksize=1))
+        .then(map_(plus_one, "y[i] -> z[i]"))
+    )
+    builder = flows.workflow.build(flow.on(env), x=list(range(6)), gate=str(gate), calls=str(calls))
+    execution = start(builder, store=LOCAL / place / "store")
+    folder = execution.run_dir / "steps" / "00-counted" / "return_values" / "y"
+    server = STATE / "shared-backing" / folder.relative_to(LOCAL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(os.listdir(server) if server.exists() else []) < 3:
+            assert time.monotonic() < deadline, "elements 0 to 2 never ran"
+            assert not execution.done.is_set(), flows.report.log(flows.load_run(execution.run_dir))
+            time.sleep(0.1)
+        assert present_indices(folder).tolist() == [0, 1, 2]  # this client keeps this listing
+        execution.request_stop("stopped by the test")  # Parsl's tasks go on, as after a kill
+        assert execution.done.wait(60)
+    finally:
+        gate.touch()
+    deadline = time.monotonic() + 300
+    while len(os.listdir(server)) < 6:  # the nodes finish what the driver left running
+        assert time.monotonic() < deadline, "the elements left running never finished"
+        time.sleep(0.1)
+    stopped = flows.load_run(execution.run_dir)
+    assert stopped.status == "interrupted", flows.report.log(stopped)
+    r = stopped.resume().wait(300)
+    assert r.exit_code == 0, flows.report.log(r)
+    assert sorted(int(name.split("-")[0]) for name in os.listdir(calls)) == list(range(6))
+    first, second = r.called
+    assert first.record.n_reused == 6, flows.report.log(first)
+    assert second.record.submitted_elements == "0-5", flows.report.log(second)
+    assert second.outputs.return_values.z.to_array().tolist() == [10 * x + 1 for x in range(6)]
