@@ -91,6 +91,12 @@ class FileBasedObjectArray:
     Nothing is loaded until asked for: ``.mask`` lists the folder once, ``arr[i, j]``
     loads one element, ``.to_array()`` loads them all into a numpy masked array.
 
+    The listing is this client's: on a shared filesystem, files other nodes wrote in the
+    last minute may be missing from it (masked).  So the driver makes its own client's
+    view current when a map ends, steps downstream read the folder only then, and
+    ``.to_array()`` skips the listing when the map's numbers file says it holds every
+    element (``numbers_file``).
+
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
     >>> write_pickle(element_path(folder, 1), 2.5)

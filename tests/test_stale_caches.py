@@ -54,6 +54,8 @@ def place() -> Iterator[str]:
     name = f"stale-{uuid.uuid4().hex[:8]}"
     (LOCAL / name).mkdir()
     yield name
+    # On the file server itself: this client's stale listing may miss what others wrote.
+    shutil.rmtree(STATE / "shared-backing" / name, ignore_errors=True)
     shutil.rmtree(LOCAL / name, ignore_errors=True)
 
 
