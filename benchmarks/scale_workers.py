@@ -22,13 +22,19 @@ then one more so that each has run a task, and only then the timed map: ``--seco
 of ideal time (elements = seconds x workers / ms).
 
 Printed per worker count: elements; wall time of ``flows.run`` of the map (planning and
-its ``dataset.nc`` included); ideal time (elements x ms / workers); efficiency = ideal /
-wall; Parsl tasks submitted; the driver's CPU time per element (user + system,
-``resource.getrusage(RUSAGE_SELF)`` deltas around the run: every thread of the driver,
-Parsl's included); and the interchange's (a process of its own, read with psutil).
-Unless ``--no-bare``, the same driver then runs the baseline on the same warm workers:
-bare Parsl apps, as many as parsl_flows' tasks and of equal sizes, each sleeping for its
-elements and writing the same element files, all submitted at once.
+the run's records included); ideal time (elements x ms / workers); efficiency = ideal /
+wall; Parsl tasks submitted, and per second; the driver's CPU time per element (user +
+system, ``resource.getrusage(RUSAGE_SELF)`` deltas around the run: every thread of the
+driver, Parsl's included); and the interchange's (a process of its own, read with
+psutil).  Unless ``--no-bare``, the same driver then runs the baseline on the same warm
+workers: bare Parsl apps, as many as parsl_flows' tasks and of equal sizes, each
+sleeping for its elements and writing the same element files, all submitted at once.
+
+The store is a fresh folder under ``--store`` (default: the system's temporary folder;
+``/tmp`` is ext4 on the test bed), so it measures the scheduling, not a shared
+filesystem.  ``--max-tasks-per-second`` overrides the chunker's cap
+(:data:`parsl_flows.engine.chunking.MAX_TASKS_PER_SECOND`); ``1e9`` shows the chunker
+without it.
 """
 
 from __future__ import annotations
