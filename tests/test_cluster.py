@@ -324,11 +324,13 @@ def test_a_node_lost_mid_run_costs_no_restart_and_nothing_is_lost(
     r = flows.submit(
         flows.workflow.build(flow.on(env), x=list(range(n)), marks=str(marks)), store=shared_store
     )
-    victim = NODES[1]
+    victim = ""
     try:
         deadline = time.monotonic() + 180
-        while not any(f"-{victim}-" in m for m in os.listdir(marks)):
-            assert time.monotonic() < deadline, f"nothing ever ran on {victim}"
+        while not victim:  # a node that runs elements while another does too
+            busy = sorted({m.split("-")[1] for m in os.listdir(marks)})
+            victim = busy[0] if len(busy) >= 2 else ""
+            assert time.monotonic() < deadline, f"elements never ran on two nodes: {busy}"
             assert r.status not in ("finished", "failed"), flows.report.log(r)
             time.sleep(0.2)
         subprocess.run(
@@ -336,7 +338,8 @@ def test_a_node_lost_mid_run_costs_no_restart_and_nothing_is_lost(
         )
         r.wait(600)
     finally:
-        subprocess.run(["scontrol", "update", f"NodeName={victim}", "State=RESUME"], check=False)
+        if victim:
+            subprocess.run(["scontrol", "update", f"NodeName={victim}", "State=RESUME"])
     s = r.called[0]
     assert r.exit_code == 0 and s.exit_code == 0, flows.report.log(s)
     nodes = s.outputs.return_values.node.to_array()
