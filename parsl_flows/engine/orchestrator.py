@@ -149,17 +149,17 @@ class Execution(StepAttempts):
             record.status = "finished" if exit_code == 0 else "failed"
             record.message = "" if exit_code == 0 else EXIT_CODES[exit_code]
         except RunInterrupted:
-            if self.lease_lost:
-                self._datasets.shutdown(wait=True, cancel_futures=True)
-                self.outcome = "interrupted"
-                self.log(f"{self.stop_reason}; this driver ends here")
-                return
             record.status = "interrupted"
             record.message = f"{self.stop_reason}; resume() carries it on"
         except BaseException as e:  # the engine itself failed: say so in the run, not only here
             logger.exception("run %s failed", self.run_dir.name)
             record.status = "failed"
             record.message = f"the engine failed: {type(e).__name__}: {e}"
+        if self.lease_lost:  # the run is another driver's now, however this one ended
+            self._datasets.shutdown(wait=True, cancel_futures=True)
+            self.outcome = "interrupted"
+            self.log(f"{self.stop_reason}; this driver ends here")
+            return
         # The maps' dataset.nc files were written beside the run; the run's own needs them.
         self._datasets.shutdown(wait=True, cancel_futures=record.status == "interrupted")
         record.finished = time.time()
