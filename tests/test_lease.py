@@ -261,10 +261,14 @@ def test_a_driver_that_lost_its_lease_stops_without_writing_to_the_run(
     r = flows.submit(flows.workflow.build(flow.on(thread_env), x=np.arange(2000)), store=store)
     status = r.path / "steps" / "00-leisurely" / "status.json"
     wait_for(lambda: json.loads(status.read_text())["state"] == "running", "the map to start")
-    before = {p: p.read_bytes() for p in (r.path / "run.json", status)}
     taken = remote_lock(r.path)
+    execution = r._execution
+    assert execution is not None
+    wait_for(lambda: execution.lease_lost, "the driver to notice", timeout=5)
+    time.sleep(0.3)  # a status.json write already past its check when the news came
+    before = {p: p.read_bytes() for p in (r.path / "run.json", status)}
     r.wait(30)
-    assert r._execution is not None and r._execution.outcome == "interrupted"
+    assert execution.outcome == "interrupted"
     assert {p: p.read_bytes() for p in before} == before  # neither run.json nor status.json
     assert json.loads((r.path / "driver.lock").read_text()) == taken
     assert "lost its lease to pid 4242 on host otherhost" in r.log()
