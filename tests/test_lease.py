@@ -213,12 +213,12 @@ def test_the_driver_renews_once_a_period_and_stops_for_good_when_taken_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lock_module, "RENEW_SECONDS", 0.1)
-    writes: list[float] = []
+    writes: list[int] = []  # their sizes
     write_bytes = lock_module.write_bytes
     monkeypatch.setattr(
         lock_module,
         "write_bytes",
-        lambda p, d: writes.append(time.monotonic()) or write_bytes(p, d),
+        lambda p, d: writes.append(len(d)) or write_bytes(p, d),
     )
     lock = RunLock(tmp_path)
     lost: list[str] = []
@@ -232,6 +232,8 @@ def test_the_driver_renews_once_a_period_and_stops_for_good_when_taken_over(
         writes.clear()
         time.sleep(1.0)
         assert 7 <= len(writes) <= 12, len(writes)  # one write a period, nothing more
+        # One size: a client with the old size cached reads a renewal whole (sshfs does).
+        assert set(writes) == {len(path.read_bytes())} == {512}, writes
         taken = remote_lock(tmp_path)  # another host took it over
         wait_for(lambda: bool(lost), "the driver to notice", timeout=5)
         assert "lost its lease to pid 4242 on host otherhost" in lost[0]
