@@ -33,6 +33,7 @@ __all__ = [
     "dumps",
     "element_path",
     "file_exists",
+    "filesystem_type",
     "is_intact",
     "load_elements",
     "load_pickle",
@@ -244,6 +245,36 @@ def file_exists(path: str | os.PathLike[str]) -> bool:
     return True
 
 
+#: Filesystems only this machine writes to: no other client's changes to catch up with.
+_LOCAL_FILESYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "tmpfs", "ramfs"}
+    | {"overlay", "apfs", "hfs", "vfat", "exfat", "ntfs", "ntfs3"}
+)
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> str | None:
+    """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``, ``fuse.sshfs``...),
+    from ``/proc/self/mountinfo``; None where that cannot tell (not Linux)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    where = os.path.realpath(path)
+    best, kind = "", None
+    for line in lines:
+        fields = line.split(" ")
+        try:
+            point = fields[4].replace("\\040", " ")
+            fstype = fields[fields.index("-", 6) + 1]
+        except (IndexError, ValueError):
+            continue
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the innermost; the last mounted there
+            best, kind = point, fstype
+    return kind
+
+
 def refresh_folder(folder: str | os.PathLike[str]) -> None:
     """Make this client's listing and time stamp of ``folder`` current, as far as it can.
 
@@ -251,8 +282,11 @@ def refresh_folder(folder: str | os.PathLike[str]) -> None:
     may be up to a minute old (``acdirmax``) when other nodes wrote into it.  A change this
     client makes itself revalidates them: so a file is created in the folder and removed.
     Best effort (a read-only store, a missing folder: nothing done): callers still treat
-    what a listing misses as "compute again" and open what it finds.
+    what a listing misses as "compute again" and open what it finds.  Nothing is done on
+    a local filesystem, whose folders would only get a new time stamp.
     """
+    if filesystem_type(folder) in _LOCAL_FILESYSTEMS:
+        return
     marker = os.path.join(folder, f".refresh.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

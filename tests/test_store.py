@@ -112,3 +112,14 @@ def test_pickles_as_a_reference_to_its_folder(array: FileBasedObjectArray) -> No
 
     again = cloudpickle.loads(cloudpickle.dumps(array))
     assert again.folder == array.folder and again.shape == array.shape
+
+
+def test_a_folder_on_a_local_disk_is_not_refreshed(tmp_path: Path) -> None:
+    # Only a shared filesystem's client may show a stale listing; a local folder would
+    # only get a new time stamp (and a map's numbers file would wait for it to settle).
+    from parsl_flows.files import filesystem_type, refresh_folder
+
+    assert filesystem_type(tmp_path) is not None
+    before = os.stat(tmp_path).st_mtime_ns
+    refresh_folder(tmp_path)
+    assert os.stat(tmp_path).st_mtime_ns == before and not os.listdir(tmp_path)
