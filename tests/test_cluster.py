@@ -90,36 +90,41 @@ def _jobs() -> set[str]:
     return set(out.stdout.split())
 
 
-@step(returns="node")
+@step(returns="worker")
 def where(x: int) -> str:
     import time
 
     time.sleep(0.3)  # long enough that every worker of the block gets some
-    return os.environ.get("SLURMD_NODENAME", "")
+    return f"{os.environ.get('SLURMD_NODENAME', '')}/{os.getpid()}"
 
 
 def test_a_block_of_two_nodes_runs_elements_on_both(computers, shared_store):
-    env = computers("twonodes", cores_per_node=2, nodes_per_block=2, poll_seconds=2)
-    flow = new_workflow("spread").then(map_(where, "x[i] -> node[i]"))
-    r = flows.submit(flows.workflow.build(flow.on(env), x=list(range(24))), store=shared_store)
+    # 3 cores a node: more than this machine has, as nodes of the test bed advertise
+    env = computers("twonodes", cores_per_node=3, nodes_per_block=2, poll_seconds=2)
+    flow = new_workflow("spread").then(map_(where, "x[i] -> worker[i]"))
+    r = flows.submit(flows.workflow.build(flow.on(env), x=list(range(36))), store=shared_store)
     r.wait(300)
     s = r.called[0]
     assert r.exit_code == 0, flows.report.log(s)
-    nodes = s.outputs.return_values.node.to_array().tolist()
-    assert len(set(nodes)) == 2 and set(nodes) <= set(NODES), nodes
+    workers = set(s.outputs.return_values.worker.to_array().tolist())
+    nodes = {w.split("/")[0] for w in workers}
+    assert len(nodes) == 2 and nodes <= set(NODES), workers
     assert len(s.record.batch_jobs) == 1, s.record.batch_jobs  # one block, two nodes
-    # The chunker sized tasks for the workers that exist: 2 per node, 2 nodes.
+    # Each node's pool has the 3 workers the block asked for (the chunker counts 6), not
+    # as many as the machine has cores.
+    per_node = {n: sum(w.startswith(f"{n}/") for w in workers) for n in nodes}
+    assert max(per_node.values()) == 3, per_node
     from parsl_flows.engine.chunking import worker_count
     from parsl_flows.engine.runner import runner
 
-    assert worker_count(runner.dfk.executors[s.record.executor]) == 4
+    assert worker_count(runner.dfk.executors[s.record.executor]) == 6
 
 
 def test_a_block_with_more_nodes_than_the_partition_is_refused_before_submission(
     computers, shared_store
 ):
     env = computers("toowide", nodes_per_block=len(NODES) + 1)
-    flow = new_workflow("wide").then(map_(where, "x[i] -> node[i]"))
+    flow = new_workflow("wide").then(map_(where, "x[i] -> worker[i]"))
     builder = flows.workflow.build(flow.on(env), x=[1, 2])
     with pytest.raises(
         ValueError, match=rf"blocks of {len(NODES) + 1} nodes.*at most {len(NODES)}"
@@ -136,7 +141,7 @@ def test_a_block_slurm_never_starts_is_reported_within_poll_seconds(computers, s
     try:
         env = computers("short", partition="short", walltime="00:30:00", poll_seconds=2)
         before = _jobs()
-        flow = new_workflow("never").then(map_(where, "x[i] -> node[i]"))
+        flow = new_workflow("never").then(map_(where, "x[i] -> worker[i]"))
         r = flows.submit(flows.workflow.build(flow.on(env), x=[1, 2]), store=shared_store)
         r.wait(120)
     finally:

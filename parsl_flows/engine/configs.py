@@ -198,7 +198,8 @@ def slurm_executor(
         max_blocks=int(max_blocks or _env("max_blocks", 1)),
         exclusive=_truthy(exclusive if exclusive is not None else _env("exclusive", "false")),
         scheduler_options=options.strip(),
-        worker_init=worker_init if worker_init is not None else _env("worker_init", ""),
+        worker_init=_pool_cores(cores)
+        + (worker_init if worker_init is not None else _env("worker_init", "")),
         launcher=block_launcher(int(nodes_per_block or _env("nodes_per_block", 1))),
         status_poll_seconds=int(status_poll_seconds or _env("poll_seconds", 30)),
     )
@@ -213,6 +214,18 @@ def slurm_executor(
         block_error_handler=fail_blocks_once,
         provider=provider,
     )
+
+
+def _pool_cores(cores: int | None) -> str:
+    """The line that tells each worker pool how many cores its node gives it.
+
+    A pool starts ``min(max_workers_per_node, cores // cores_per_worker)`` workers, where
+    ``cores`` is the whole machine's count unless ``PARSL_CORES`` says otherwise: on a
+    node advertising more CPUs than the machine has (the test bed), or a pool sharing a
+    node with other jobs, it would start fewer or more workers than the block asked
+    Slurm for, and the chunker would size tasks for workers that do not exist.
+    """
+    return f"export PARSL_CORES={cores}\n" if cores else ""
 
 
 def block_launcher(nodes_per_block: int) -> Launcher:
