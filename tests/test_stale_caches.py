@@ -59,6 +59,16 @@ def place() -> Iterator[str]:
     shutil.rmtree(LOCAL / name, ignore_errors=True)
 
 
+@pytest.fixture
+def cluster_place(place: str) -> Iterator[str]:
+    """``place``, for a run on the Slurm nodes: Parsl, whose folder is in it, is shut down
+    (its blocks cancelled) before it is removed; a later test starts its own."""
+    from parsl_flows.engine.runner import runner
+
+    yield place
+    runner.shutdown(timeout=30)
+
+
 def via(client: Path, path: Path) -> Path:
     """``path`` (under this client's mount) as another client sees it."""
     return client / path.relative_to(LOCAL)
@@ -192,7 +202,9 @@ def plus_one(y: int) -> int:
 
 
 @pytest.mark.slurm
-def test_a_map_downstream_gets_every_element_the_nodes_wrote(place: str, tmp_path: Path) -> None:
+def test_a_map_downstream_gets_every_element_the_nodes_wrote(
+    cluster_place: str, tmp_path: Path
+) -> None:
     """The driver lists the map's output while it runs (as ``status`` does), and its client
     keeps that listing: the map's end must not go by it."""
     if shutil.which("sinfo") is None:
@@ -205,7 +217,7 @@ def test_a_map_downstream_gets_every_element_the_nodes_wrote(place: str, tmp_pat
         .then(map_(plus_one, "y[i] -> z[i]"))
     )
     builder = flows.workflow.build(flow.on(env), x=list(range(6)), gate=str(gate))
-    r = flows.submit(builder, store=LOCAL / place / "store")
+    r = flows.submit(builder, store=LOCAL / cluster_place / "store")
     try:
         folder = r.path / "steps" / "00-gated" / "return_values" / "y"
         server = STATE / "shared-backing" / folder.relative_to(LOCAL)
@@ -248,7 +260,7 @@ def counted(x: int, gate: str, calls: str) -> int:
 
 @pytest.mark.slurm
 def test_a_resume_computes_nothing_twice_though_this_client_listed_the_map(
-    place: str, tmp_path: Path
+    cluster_place: str, tmp_path: Path
 ) -> None:
     """The driver stops while the nodes still run elements, having listed the map's output
     (as ``status`` does); the nodes finish them; the resume, here, must find them all."""
@@ -263,7 +275,7 @@ def test_a_resume_computes_nothing_twice_though_this_client_listed_the_map(
         .then(map_(plus_one, "y[i] -> z[i]"))
     )
     builder = flows.workflow.build(flow.on(env), x=list(range(6)), gate=str(gate), calls=str(calls))
-    execution = start(builder, store=LOCAL / place / "store")
+    execution = start(builder, store=LOCAL / cluster_place / "store")
     folder = execution.run_dir / "steps" / "00-counted" / "return_values" / "y"
     server = STATE / "shared-backing" / folder.relative_to(LOCAL)
     try:
