@@ -30,14 +30,13 @@ import psutil
 
 from .files import write_bytes
 from .lease import RENEW_SECONDS, Renewal, lease_age, lease_seconds
+from .processes import alive, create_time, parsl_children, parsl_processes, stop_processes
 
 __all__ = [
     "Holder",
     "RunLock",
     "RunLockedError",
     "driver_alive",
-    "parsl_processes",
-    "stop_processes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,19 +48,6 @@ _PAD = 512
 
 class RunLockedError(RuntimeError):
     """Another live process drives this run."""
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def _alive(pid: int, create_time: float | None) -> bool:
-    """True if ``pid`` is the same process as recorded (not a reused pid)."""
-    now = _create_time(pid)
-    return now is not None and (create_time is None or abs(now - create_time) < 1.0)
 
 
 def _encode(record: dict[str, Any]) -> bytes:
@@ -114,7 +100,7 @@ class RunLock:
         self.host = socket.gethostname()
         self.cancel_jobs = cancel_jobs
         self.lost = ""  # why this driver lost the lock, once it has
-        self._create_time = _create_time(self.pid)
+        self._create_time = create_time(self.pid)
         self._since = time.time()
         self._helpers: list[list[float]] = []
         self._parsl_run_dir: str | None = None
@@ -168,8 +154,8 @@ class RunLock:
             return None
         if owner.get("host") == self.host:
             pid = owner.get("pid")
-            alive = isinstance(pid, int) and _alive(pid, owner.get("create_time"))
-            return Holder(owner, here=True, alive=alive)
+            living = isinstance(pid, int) and alive(pid, owner.get("create_time"))
+            return Holder(owner, here=True, alive=living)
         lease = lease_seconds()
         if owner and "renew_seconds" not in owner:  # an older version's: never renewed
             return Holder(owner, here=False, alive=None, lease=lease)
@@ -303,7 +289,7 @@ class RunLock:
     def note_helpers(self, parsl_run_dir: str | None, batch_jobs: list[str] | None = None) -> None:
         """Record the Parsl processes and batch jobs this driver started, for a successor."""
         found = []
-        for p in _parsl_children(psutil.Process(self.pid)):
+        for p in parsl_children(psutil.Process(self.pid)):
             with contextlib.suppress(psutil.Error):
                 found.append([p.pid, p.create_time()])
         with self._writing:
@@ -353,85 +339,6 @@ def _name_remote_leftovers(owner: dict[str, Any], log: Callable[[str], None]) ->
     listed = f" (pids {', '.join(pids)})" if pids else ""
     pools = f"; its worker pools name {parsl_run_dir}" if parsl_run_dir else ""
     log(f"left {which} alone{listed}: stop them there if they still run{pools}")
-
-
-def _parsl_children(parent: psutil.Process) -> list[psutil.Process]:
-    """The direct children of ``parent`` that Parsl started (interchanges, local pools)."""
-    found = []
-    with contextlib.suppress(psutil.Error):
-        for p in parent.children(recursive=False):
-            with contextlib.suppress(psutil.Error):
-                cmd = " ".join(p.cmdline())
-                if "interchange" in cmd or "process_worker_pool" in cmd or "parsl" in cmd:
-                    found.append(p)
-    return found
-
-
-def parsl_processes(
-    parsl_run_dir: str | None, helpers: list[list[float]] | None = None
-) -> list[psutil.Process]:
-    """Every live process of one driver's Parsl, with their children.
-
-    ``helpers`` are ``[pid, create_time]`` of the interchanges (children of the driver);
-    without them, the calling process's own Parsl children are taken.  Worker pools were
-    detached by Parsl's LocalProvider (new process group, adopted by init), but name the
-    driver's Parsl run directory on their command line.
-    """
-    roots: list[psutil.Process] = []
-    if helpers is None:
-        roots.extend(_parsl_children(psutil.Process()))
-    else:
-        for pid, created in helpers:
-            if _alive(int(pid), created):
-                with contextlib.suppress(psutil.Error):
-                    roots.append(psutil.Process(int(pid)))
-    if parsl_run_dir:
-        marker = parsl_run_dir.rstrip("/") + "/"
-        for p in psutil.process_iter(["cmdline"]):
-            if p.pid != os.getpid() and marker in " ".join(p.info.get("cmdline") or []):
-                roots.append(p)
-    procs: dict[int, psutil.Process] = {}
-    for root in roots:
-        with contextlib.suppress(psutil.Error):
-            for p in [root, *root.children(recursive=True)]:
-                procs.setdefault(p.pid, p)
-    return list(procs.values())
-
-
-def stop_processes(procs: list[psutil.Process], timeout: float) -> None:
-    """SIGTERM ``procs``, then SIGKILL those still alive after ``timeout`` seconds."""
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    alive = wait_ended(procs, timeout)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    wait_ended(alive, timeout)
-
-
-def wait_ended(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait up to ``timeout`` s for ``procs`` to end; those still running.
-
-    A zombie has ended: it only waits for its parent to reap it.  Worker pools are
-    adopted by process 1, and where that is not a real init (containers, this
-    project's machines) nobody ever reaps them; ``psutil.wait_procs`` would wait out
-    the whole timeout for each, which made every driver's exit a second slower.
-    """
-    deadline = time.monotonic() + timeout
-    alive = list(procs)
-    while True:
-        alive = [p for p in alive if _running(p)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.01)
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def driver_alive(run_dir: Path) -> bool | None:

@@ -21,7 +21,7 @@ import xarray as xr
 from helpers import command_line, wait_for
 
 from parsl_flows.engine.datasets import DatasetWriter
-from parsl_flows.lock import wait_ended
+from parsl_flows.processes import wait_ended
 
 pytestmark = pytest.mark.slow
 

@@ -53,7 +53,8 @@ def test_computers_file_settings_and_typos(tmp_path, monkeypatch):
         "proj1",
         "02:00:00",
     )
-    assert provider.worker_init.strip() == "module load python"
+    # the pool is told the cores of its block, then the user's own lines run
+    assert provider.worker_init.splitlines() == ["export PARSL_CORES=8", "module load python"]
     (tmp_path / "c.toml").write_text('[hpc]\npartiton = "normal"\n')
     with pytest.raises(ValueError, match=r"unknown setting.*partiton"):
         execution_environment(None, "hpc")

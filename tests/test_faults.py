@@ -27,8 +27,8 @@ import parsl_flows as flows
 from parsl_flows import step
 from parsl_flows.engine.runner import STOP_SECONDS
 from parsl_flows.errors import InfrastructureError
-from parsl_flows.lock import wait_ended
 from parsl_flows.numbers_file import forget_numbers
+from parsl_flows.processes import wait_ended
 from parsl_flows.store import DamagedFileError, element_path, load_pickle
 from parsl_flows.workflow import map_, new_workflow
 

@@ -22,7 +22,17 @@ PACKAGE = Path(parsl_flows.__file__).parent
 LAYERS = {
     "grammar": ["errors", "mapspec", "ranges"],
     "plan": ["step", "nodes", "shapes", "workflow", "visualize"],
-    "store": ["files", "numbers_file", "store", "status", "lock", "dataset", "write_datasets"],
+    "store": [
+        "files",
+        "numbers_file",
+        "store",
+        "status",
+        "processes",
+        "lease",
+        "lock",
+        "dataset",
+        "write_datasets",
+    ],
     "engine": ["engine"],
     "results": ["run", "launch", "report", "widgets"],
     "faces": ["cli", "__main__", "__init__"],

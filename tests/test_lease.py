@@ -31,7 +31,8 @@ import parsl_flows as flows
 from parsl_flows import lease
 from parsl_flows import lock as lock_module
 from parsl_flows.engine import cleanup as cleanup_module
-from parsl_flows.lock import RunLock, RunLockedError, _encode, driver_alive, wait_ended
+from parsl_flows.lock import RunLock, RunLockedError, _encode, driver_alive
+from parsl_flows.processes import wait_ended
 from parsl_flows.workflow import map_, new_workflow
 
 OTHER = "otherhost"

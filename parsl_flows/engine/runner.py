@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..lock import parsl_processes, stop_processes
+from ..processes import parsl_processes, stop_processes
 from ..step import Resources
 from .chunking import worker_count
 from .environment import ExecutionEnvironment

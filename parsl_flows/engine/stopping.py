@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from ..lock import parsl_processes
+from ..processes import parsl_processes
 from .runner import STOP_SECONDS, runner
 
 __all__ = ["exit_at_once", "interrupt", "live_executions", "register", "unregister"]
