@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -63,3 +64,22 @@ def command_line(p: psutil.Process) -> str:
         return " ".join(p.cmdline())
     except psutil.Error:
         return ""
+
+
+def resume_computing_nothing_twice(run_path: Path, calls: Path, n: int, timeout: float) -> Any:
+    """Resume the run of a killed driver of the ``counted`` map (``y = 2 x``, a file in
+    ``calls`` per call), check every value, and that only elements cut off mid-call by
+    the kill ran twice (a few at most); the resumed run."""
+    import parsl_flows as flows
+
+    interrupted = flows.load_run(run_path)
+    assert interrupted.status == "interrupted"
+    resumed = interrupted.resume().wait(timeout)
+    assert resumed.exit_code == 0, flows.report.log(resumed)
+    y = resumed.called[0].outputs.return_values.y.to_array()
+    assert not y.mask.any() and y.tolist() == [2 * x for x in range(n)]
+    called = [name.split("-")[0] for name in os.listdir(calls)]
+    assert set(called) == {str(x) for x in range(n)}
+    assert len(called) - n <= 4, len(called) - n
+    assert "already in the store (resumed)" in flows.report.log(resumed.called[0])
+    return resumed

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import resume_computing_nothing_twice, wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
@@ -295,27 +296,19 @@ def test_resume_after_a_sigkilled_driver_computes_nothing_twice(shared_store, tm
     try:
         run_path = Path(proc.stdout.readline().strip())
         results = _backing(run_path / "steps" / "00-counted" / "return_values" / "y")
-        deadline = time.monotonic() + 300
-        while (len(os.listdir(results)) if results.exists() else 0) < 700:
+
+        def a_third_done() -> bool:
             assert proc.poll() is None, "the driver ended before it could be killed"
-            assert time.monotonic() < deadline, "the map never got a third done"
-            time.sleep(0.1)
+            return (len(os.listdir(results)) if results.exists() else 0) >= 700
+
+        wait_for(a_third_done, "a third of the map done", 300)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    interrupted = flows.load_run(run_path)
-    assert interrupted.status == "interrupted"
-    resumed = interrupted.resume().wait(600)
-    assert resumed.exit_code == 0, flows.report.log(resumed)
-    y = resumed.called[0].outputs.return_values.y.to_array()
-    assert not y.mask.any() and y.tolist() == [2 * x for x in range(2000)]
-    called = [name.split("-")[0] for name in os.listdir(calls)]
-    assert set(called) == {str(x) for x in range(2000)}
-    # Only elements cut off mid-call by the kill and by the take-over ran twice.
-    assert len(called) - 2000 <= 4, len(called) - 2000
-    assert "already in the store (resumed)" in flows.report.log(resumed.called[0])
+    # Only elements cut off mid-call by the kill and by the take-over run twice.
+    resume_computing_nothing_twice(run_path, calls, 2000, 600)
 
 
 @step(returns="node")
@@ -359,9 +352,12 @@ def test_a_node_lost_mid_run_costs_no_restart_and_nothing_is_lost(
     assert r.exit_code == 0 and s.exit_code == 0, flows.report.log(s)
     nodes = s.outputs.return_values.node.to_array()
     assert not nodes.mask.any()
-    lost = {m.split("-")[0] for m in os.listdir(marks) if f"-{victim}-" in m}
-    rerun = {x for x in lost if nodes[int(x)] != victim}
-    assert rerun, "no element of the lost node ran again elsewhere"
+    runs = [m.split("-")[:2] for m in os.listdir(marks)]
+    lost = {x for x, node in runs if node == victim}
+    # Ran again: a second start, elsewhere or on the victim itself once slurmd registers
+    # again (ReturnToService=2 brings a DOWN node with a live slurmd back).
+    rerun = {x for x in lost if sum(y == x for y, _ in runs) >= 2}
+    assert rerun, "no element of the lost node ran again"
     assert s.attempts[0]["infrastructure"] >= 1, s.attempts
     assert "worker pool lost" in flows.report.log(s) or "lost" in flows.report.log(s)
 

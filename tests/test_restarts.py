@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import seed_flows as seed
+from helpers import resume_computing_nothing_twice
 
 import parsl_flows as flows
 from parsl_flows import step
@@ -218,19 +219,9 @@ def test_resume_after_sigkill_computes_only_what_is_missing(store, tmp_path, loc
     finally:
         if proc.poll() is None:
             proc.kill()
-    interrupted = flows.load_run(run_path)
-    assert interrupted.status == "interrupted"
-    resumed = interrupted.resume().wait(300)
-    assert resumed.exit_code == 0, flows.report.log(resumed)
-    y = resumed.called[0].outputs.return_values.y.to_array()
-    assert not y.mask.any() and y.tolist() == [2 * x for x in range(2000)]
-    called = [name.split("-")[0] for name in os.listdir(calls)]
-    assert set(called) == {str(x) for x in range(2000)}
     # Only elements cut off mid-call by the kill ran twice (2 workers: a few at most).
-    assert len(called) - 2000 <= 4, len(called) - 2000
-    log = flows.report.log(resumed)
-    assert "taking over the stale lock" in log
-    assert "already in the store (resumed)" in flows.report.log(resumed.called[0])
+    resumed = resume_computing_nothing_twice(run_path, calls, 2000, 300)
+    assert "taking over the stale lock" in flows.report.log(resumed)
     # The dead driver's interchange and worker pool (Parsl run dir 000) were stopped.
     dead_dir = str(store / "parsl-runinfo" / "000") + "/"
     leftovers = [
