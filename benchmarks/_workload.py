@@ -34,7 +34,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from parsl_flows import files
+from parsl_flows import element_folders, files
 
 HERE = Path(__file__).resolve().parent
 SPIN = 12  # rounds of spin: about 1 µs per call of f or g on a 2020s x86 core
@@ -116,7 +116,7 @@ def write_element(folder: str, k: int, value: Any) -> None:
 
 def read_element(folder: str, k: int) -> Any:
     """Element ``k`` of ``folder`` exactly as a parsl_flows worker reads it."""
-    return files.load_elements(folder, [k], threads=1)[0]
+    return element_folders.load_elements(folder, [k], threads=1)[0]
 
 
 def e_element(x: float, y: float, boxed: bool, folder: str, k: int) -> str:
@@ -150,7 +150,7 @@ def c_range(e_folder: str, boxed: bool, folder: str, start: int, stop: int) -> s
 
 def mean_of_files(folder: str, n: int) -> float:
     """The mean of the ``n`` element files in ``folder``, read as ``to_array()`` reads them."""
-    return mean_of(files.load_elements(folder, range(n)))
+    return mean_of(element_folders.load_elements(folder, range(n)))
 
 
 def chunks(n: int, parts: int) -> list[tuple[int, int]]:

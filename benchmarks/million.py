@@ -12,9 +12,12 @@ prints for each map:
   map s     from the step starting to its end;
 
 and for the run: its wall time, the driver's peak RSS (``ru_maxrss``), the peak RSS of
-the helper that writes the ``dataset.nc`` files, and how long one listing of a map's
-element folder takes (``present_indices``).  The run must end with exit code 0 and the
-mean of c must equal the one computed here from the same elements.
+the helper that writes the ``dataset.nc`` files, how long finding every element of a
+map's output takes (``present_indices``: its index), the files the run's maps left, and
+how long a fresh process takes to read one element,
+``load_run(...).called[0].outputs.return_values.e[123, 456]`` (after its imports).  The
+run must end with exit code 0 and the mean of c must equal the one computed here from the
+same elements.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +37,24 @@ import map_throughput as mt
 from parsl_flows.engine.datasets import dataset_writer
 from parsl_flows.status import StepStatus
 from parsl_flows.store import present_indices
+
+READ_ONE = """
+import sys, time
+import parsl_flows as flows
+t = time.perf_counter()
+value = flows.load_run(sys.argv[1]).called[0].outputs.return_values.e[{i}, {j}]
+print(f"{{(time.perf_counter() - t) * 1000:.1f}} ms (value {{value!r}})")
+"""
+
+
+def read_one_element(run_path: Path, a: int, b: int) -> str:
+    """How long a fresh process takes to read element [123, 456] of map f's output."""
+    i, j = min(123, a - 1), min(456, b - 1)
+    code = READ_ONE.format(i=i, j=j)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(run_path)], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
 
 
 def main() -> None:
@@ -74,6 +97,7 @@ def main() -> None:
             f"  RSS {dataset_writer.peak_rss_mb:.0f} MB; one listing of {c.name}/: {listing:.2f} s"
         )
         print(f"  files: {sum(1 for _ in os.scandir(e)) + sum(1 for _ in os.scandir(c)):,}")
+        print(f"  one element in a fresh process: {read_one_element(run.path, a, b)}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -17,12 +17,13 @@ import pickle
 import re
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import numpy as np
+
+from .ranges import compress
 
 __all__ = [
     "DamagedFileError",
@@ -35,9 +36,7 @@ __all__ = [
     "file_exists",
     "filesystem_type",
     "is_intact",
-    "load_elements",
     "load_pickle",
-    "present_indices",
     "read_exception",
     "read_json",
     "refresh_folder",
@@ -50,7 +49,6 @@ __all__ = [
 
 STORE_ENV = "PARSL_FLOWS_STORE"
 _ELEMENT = re.compile(r"__(\d+)__\.pickle")
-_ELEMENT_LINE = re.compile(r"^__(\d+)__\.pickle$", re.MULTILINE)
 
 
 def default_store(store: str | os.PathLike[str] | None = None) -> Path:
@@ -60,9 +58,13 @@ def default_store(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(store).expanduser().resolve()
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temporary name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_bytes(path: Path, data: bytes, make_folder: bool = True) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary name, then renamed).
+
+    ``make_folder=False``: the folder exists (one metadata round trip fewer on a shared
+    filesystem)."""
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -131,17 +133,21 @@ class DamagedFileError(ValueError):
     the element, and says how to get it computed again.
     """
 
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, reason: str, elements: Iterable[int] | None = None) -> None:
+        self.path, self.reason = Path(path), reason
         self.element = element_index(self.path)
+        #: The elements a damaged task file held, as far as the store's index says.
+        self.elements = [int(n) for n in elements] if elements is not None else []
         what = f"file {self.path}"
+        fix = "; delete it, or start a new run"
         if self.element is not None:
             what = f"element {self.element} of {self.path.parent} (file {self.path})"
-        fix = (
-            "; delete the file, then run.resume() or a restart computes the element again"
-            if self.element is not None
-            else "; delete it, or start a new run"
-        )
+        if self.element is not None or self.elements:
+            fix = "; delete the file, then run.resume() or a restart computes the element again"
+        if self.elements:
+            held = compress(np.asarray(self.elements, dtype=np.int64))
+            what = f"task file {self.path} (elements {held} of {self.path.parent})"
+            fix = fix.replace("the element", "them")
         super().__init__(f"cannot read {what}: it is damaged ({reason}){fix}")
 
 
@@ -295,42 +301,11 @@ def refresh_folder(folder: str | os.PathLike[str]) -> None:
         pass
 
 
-def present_indices(folder: Path, fresh: bool = False) -> np.ndarray:
-    """The linear indices that have a file in ``folder`` (one directory listing).
-
-    The listing is this client's: on a shared filesystem it may miss files other nodes
-    wrote in the last minute, and list some they removed.  ``fresh`` first makes it
-    current (:func:`refresh_folder`: a file created and removed, so the folder's time
-    stamp changes); readers that only look leave it False.
-    """
-    if fresh:
-        refresh_folder(folder)
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return np.empty(0, dtype=np.int64)
-    listing = "\n".join(names)
-    if listing.count("\n") == len(names) - 1:  # one line a name: one regex pass in C
-        found = _ELEMENT_LINE.findall(listing)
-    else:  # a name with a newline in it (never an element file's)
-        found = [m.group(1) for name in names if (m := _ELEMENT.fullmatch(name))]
-    indices = np.fromiter(map(int, found), dtype=np.int64, count=len(found))
-    indices.sort()
-    return indices
-
-
 # -- reading many elements ------------------------------------------------------------------
 
 #: What :func:`load_elements` gives for an element without a file (callers mask it).
 MISSING_ELEMENT: Any = object()
 _READ_SIZE = 1 << 16
-_BATCH = 512  # element files per thread task: few futures, yet every thread kept busy
-
-
-def _default_threads() -> int:
-    # Reading many small files waits mostly on the filesystem (on a cluster's shared one,
-    # a lot); a few threads per core hide that latency without fighting over the GIL.
-    return min(16, 2 * (os.cpu_count() or 1))
 
 
 def _read_file(path: str) -> bytes:
@@ -362,27 +337,3 @@ def _read_batch(folder: str, indices: list[int]) -> list[Any]:
         except _DAMAGE as e:
             raise DamagedFileError(Path(path), f"{type(e).__name__}: {e}") from e
     return out
-
-
-def load_elements(
-    folder: str | os.PathLike[str], indices: Iterable[int], threads: int | None = None
-) -> list[Any]:
-    """The elements ``indices`` of an array folder, read by ``threads`` threads, in order.
-
-    An element whose file does not exist is :data:`MISSING_ELEMENT`; callers mask it.
-
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> for n in range(3):
-    ...     write_pickle(element_path(folder, n), n * 10)
-    >>> load_elements(folder, [2, 0])
-    [20, 0]
-    """
-    where = os.fspath(folder)
-    idx = [int(i) for i in indices]
-    threads = _default_threads() if threads is None else max(1, int(threads))
-    if threads == 1 or len(idx) <= _BATCH:
-        return _read_batch(where, idx)
-    batches = [idx[k : k + _BATCH] for k in range(0, len(idx), _BATCH)]
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-elements") as pool:
-        return [v for batch in pool.map(lambda b: _read_batch(where, b), batches) for v in batch]

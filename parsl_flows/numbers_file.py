@@ -34,13 +34,8 @@ Only outputs of which every value had the same type are written, so an element r
 from it is what its file holds: a ``float`` stays a ``float``, a ``numpy.float32`` a
 ``numpy.float32``.
 
-Outputs of other values (small objects: dataclasses, strings, tuples) are not sent
-back.  Each worker task keeps instead the pickles it wrote for its elements that
-succeeded, in one file per task and output, ``numbers/<output>.parts/<name>.pickle``
-(up to :data:`PART_BYTES` a task; a task with bigger values writes none), and the
-driver writes which element is in which part, ``numbers/<output>.index.npz``, with the
-same folder time.  Reading an element from its part is reading its own pickle, without
-a file of its own to open.
+Outputs of other values (small objects: dataclasses, strings, tuples) are read from
+their task files (``element_folders``), a file per task rather than per element.
 
 This module is imported on workers: standard library and numpy only.
 """
@@ -49,16 +44,12 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
-import shutil
 import threading
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, cast
 
-import cloudpickle
 import numpy as np
 
 from .files import refresh_folder, write_bytes
@@ -66,17 +57,12 @@ from .files import refresh_folder, write_bytes
 __all__ = [
     "KINDS",
     "NUMERIC_KINDS",
-    "PART_BYTES",
     "KnownNumbers",
-    "KnownParts",
-    "PartUnreadable",
     "forget_numbers",
     "kind_of",
     "numbers_path",
     "read_numbers",
     "write_numbers",
-    "write_part",
-    "write_parts_index",
 ]
 
 
@@ -118,24 +104,10 @@ def kind_of(value: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
-#: A worker task keeps the pickles of its elements in a part while they total at most this.
-PART_BYTES = 8 << 20
-
-
 def numbers_path(folder: str | os.PathLike[str]) -> Path:
     """Where the numbers of the element folder ``.../return_values/<output>`` are kept."""
     folder = Path(folder)
     return folder.parent.parent / "numbers" / f"{folder.name}.npz"
-
-
-def _parts_folder(folder: str | os.PathLike[str]) -> Path:
-    folder = Path(folder)
-    return folder.parent.parent / "numbers" / f"{folder.name}.parts"
-
-
-def _index_path(folder: str | os.PathLike[str]) -> Path:
-    folder = Path(folder)
-    return folder.parent.parent / "numbers" / f"{folder.name}.index.npz"
 
 
 def _positions(indices: np.ndarray, size: int) -> np.ndarray:
@@ -224,104 +196,30 @@ def _settled_mtime(folder: str | os.PathLike[str]) -> int | None:
     return None
 
 
-class PartUnreadable(Exception):
-    """A part listed in its index cannot be read (removed, damaged): read the files."""
-
-
-class KnownParts:
-    """The elements of one folder that worker tasks kept in parts (see module)."""
-
-    def __init__(
-        self, parts: Path, names: list[str], part_of: np.ndarray, indices: np.ndarray, size: int
-    ) -> None:
-        self.parts, self.names = parts, names
-        self.part_of = part_of  # per held element, in ``indices`` order: its part
-        self.count = np.bincount(part_of, minlength=len(names))  # elements per part
-        # ... and its place in that part: its rank among the elements of its part.
-        order = np.argsort(part_of, kind="stable")
-        first = np.cumsum(self.count) - self.count
-        self.slot = np.empty(len(part_of), dtype=np.int64)
-        self.slot[order] = np.arange(len(part_of)) - first[part_of[order]]
-        self.position = _positions(indices, size)
-
-    def _part(self, k: int) -> list[bytes]:
-        path = self.parts / self.names[k]
-        try:
-            with open(path, "rb") as f:
-                pickles: list[bytes] = pickle.load(f)[1]
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError, IndexError) as e:
-            raise PartUnreadable(f"{path}: {type(e).__name__}: {e}") from e
-        if len(pickles) != self.count[k]:
-            raise PartUnreadable(f"{path} does not hold what its index says")
-        return pickles
-
-    def elements(self, positions: np.ndarray) -> list[Any]:
-        """The elements at ``positions``, each loaded from its own pickle (raises
-        :class:`PartUnreadable` when a part cannot be read: the files can).  Each part
-        is read once per call, and not kept: a reader holds only what it asked for."""
-        parts, slots = self.part_of[positions].tolist(), self.slot[positions].tolist()
-        loaded = {k: self._part(k) for k in dict.fromkeys(parts)}
-        return [cloudpickle.loads(loaded[k][j]) for k, j in zip(parts, slots, strict=True)]
-
-
-def write_part(folder: str | os.PathLike[str], indices: list[int], pickles: list[bytes]) -> str:
-    """Keep the ``pickles`` of elements ``indices`` of ``folder`` in a new part; its name.
-
-    A worker calls it at the end of a task, with the bytes it wrote to the elements' files.
-    """
-    name = f"{indices[0]}-{uuid.uuid4().hex[:12]}.pickle"
-    data = pickle.dumps((np.asarray(indices, dtype=np.int64), pickles), pickle.HIGHEST_PROTOCOL)
-    write_bytes(_parts_folder(folder) / name, data)
-    return name
-
-
-def write_parts_index(folder: str | os.PathLike[str], parts: list[tuple[str, np.ndarray]]) -> bool:
-    """Record which element of ``folder`` is in which part (``(name, indices)`` each), once
-    the folder's elements are all written.  False if the folder keeps changing."""
-    stamp = _settled_mtime(folder)
-    if stamp is None or not parts:
-        return False
-    _save_npz(
-        _index_path(folder),
-        names=np.array([name for name, _ in parts]),
-        indices=np.concatenate([idx for _, idx in parts]).astype(np.int64),
-        part_of=np.concatenate(
-            [np.full(len(idx), k, dtype=np.int32) for k, (_, idx) in enumerate(parts)]
-        ),
-        folder_mtime_ns=np.array(stamp, dtype=np.int64),
-    )
-    return True
-
-
 def forget_numbers(folder: str | os.PathLike[str]) -> None:
-    """Remove what is kept of ``folder``'s elements: they are about to change."""
+    """Remove the numbers kept of ``folder``'s elements: they are about to change."""
     numbers_path(folder).unlink(missing_ok=True)
-    _index_path(folder).unlink(missing_ok=True)
-    shutil.rmtree(_parts_folder(folder), ignore_errors=True)
 
 
 # The last few numbers files read, by (file, its inode, size and mtime, its folder's mtime):
 # a worker runs many tasks over one input, and FileBasedObjectArray slices read it once
 # per slice.  The file's own are taken from the file opened (close-to-open: current on a
 # shared filesystem), so a numbers file written anew is never served from here.
-_READ: dict[tuple[str, int, int, int, int, int], KnownNumbers | KnownParts] = {}
+_READ: dict[tuple[str, int, int, int, int, int], KnownNumbers] = {}
 _READ_LIMIT = 4
 _READ_LOCK = threading.Lock()
 
 
-def read_numbers(folder: str | os.PathLike[str], size: int) -> KnownNumbers | KnownParts | None:
-    """What is kept of ``folder``'s elements (an array of ``size``): its numbers, else its
-    parts; None when there is nothing, or the folder changed since, or it is unreadable."""
-    known = _read_kept(folder, size, numbers_path(folder))
-    return known if known is not None else _read_kept(folder, size, _index_path(folder))
+def read_numbers(folder: str | os.PathLike[str], size: int) -> KnownNumbers | None:
+    """The numbers kept of ``folder``'s elements (an array of ``size``); None when there
+    are none, or the folder changed since, or the file is unreadable."""
+    return _read_kept(folder, size, numbers_path(folder))
 
 
 _DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def _read_kept(
-    folder: str | os.PathLike[str], size: int, path: Path
-) -> KnownNumbers | KnownParts | None:
+def _read_kept(folder: str | os.PathLike[str], size: int, path: Path) -> KnownNumbers | None:
     try:
         with open(path, "rb") as f:  # by name: a removed numbers file is gone for any client
             file_stat = os.fstat(f.fileno())
@@ -350,25 +248,17 @@ def _read_kept(
 
 def _load_kept(
     folder: str | os.PathLike[str], size: int, f: Any, folder_mtime: int
-) -> KnownNumbers | KnownParts | None:
-    known: KnownNumbers | KnownParts
+) -> KnownNumbers | None:
     try:
         with np.load(f, allow_pickle=False) as data:
             if folder_mtime > int(data["folder_mtime_ns"]):
                 return None  # the folder changed since: its files are the truth
-            if "names" in data:
-                names = [str(n) for n in data["names"]]
-                part_of, indices = data["part_of"], data["indices"]
-                if len(part_of) != len(indices) or (len(part_of) and part_of.max() >= len(names)):
-                    return None
-                known = KnownParts(_parts_folder(folder), names, part_of, indices, size)
-            else:
-                complete = bool(data["complete"]) if "complete" in data else False
-                known = KnownNumbers(
-                    data["indices"], data["values"], str(data["kind"]), size, complete
-                )
-                if known.kind not in KINDS or len(known.indices) != len(known.values):
-                    return None
+            if "names" in data:  # a parts index of an earlier version: read the files
+                return None
+            complete = bool(data["complete"]) if "complete" in data else False
+            known = KnownNumbers(data["indices"], data["values"], str(data["kind"]), size, complete)
+            if known.kind not in KINDS or len(known.indices) != len(known.values):
+                return None
     except _DAMAGED:  # the element files are still there
         return None
     return known

@@ -130,8 +130,10 @@ class StepRun:
     def _has_output(self, rec: StepStatus, name: str) -> bool:
         folder = self.path / "return_values" / name
         if rec.kind == "map":
+            # What the step's record says first: no look at the folder for a map that
+            # has elements (a run written before task files has no index to read).
             return rec.shape is not None and (
-                rec.n_elements == 0 or present_indices(folder).size > 0
+                rec.n_elements == 0 or rec.n_done > 0 or present_indices(folder).size > 0
             )
         return element_path(folder, 0).exists()
 
@@ -142,7 +144,8 @@ class StepRun:
         values = {n: self.output(n) for n in rec.outputs if self._has_output(rec, n)}
         entries: dict[str, Any] = {"return_values": Namespace(f"step {rec.name!r} outputs", values)}
         exc_folder = self.path / "exception"
-        if present_indices(exc_folder).size:
+        some_failed = rec.exit_code not in (0, None) or rec.n_failed or rec.n_infra
+        if some_failed and present_indices(exc_folder).size:
             entries["exception"] = (
                 FileBasedObjectArray(exc_folder, rec.shape or ())
                 if rec.kind == "map"

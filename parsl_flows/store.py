@@ -1,4 +1,4 @@
-"""The file-based store: a directory per run, a file per map element.
+"""The file-based store: a directory per run, a file per worker task and output.
 
 Layout (DESIGN.md section 4)::
 
@@ -11,21 +11,26 @@ Layout (DESIGN.md section 4)::
         status.json            exit code, counts, submitted elements, timings
         step.pickle            the step's code, as the workers load it
         log.txt
-        return_values/<output>/__<n>__.pickle
-        exception/__<n>__.pickle
+        return_values/<output>/task-<name>.pickle   a task's elements (a map)
+        return_values/<output>/index.npz            where each element is (a map)
+        return_values/<output>/__0__.pickle         a plain call's output
+        exception/...                               the same, for what failed
+        numbers/<output>.npz                        a map output's plain numbers, at once
 
-A missing element file means the element is masked.  Every write goes to a temporary
-name in the same folder and is renamed, so a crash never leaves a half-written file that
-reads as valid.  Loading pickles runs code: only open stores you trust.
+An element that no file holds is masked.  Every write goes to a temporary name in the
+same folder and is renamed, so a crash never leaves a half-written file that reads as
+valid.  Runs written before task files hold one file per element,
+``return_values/<output>/__<n>__.pickle``, and stay readable.  Loading pickles runs
+code: only open stores you trust.
 
-Writing and reading the files is :mod:`parsl_flows.files` (re-exported here); this module
+Which file holds an element is :mod:`parsl_flows.element_folders`; writing and reading
+files is :mod:`parsl_flows.files` (both re-exported here); this module
 adds :class:`FileBasedObjectArray`, a map output as users hold it.  No Parsl here: workers
 and the driver both use it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .element_folders import Locations, load_elements, locate, present_indices
 from .files import (
     MISSING_ELEMENT,
     STORE_ENV,
@@ -44,9 +50,7 @@ from .files import (
     element_path,
     file_exists,
     is_intact,
-    load_elements,
     load_pickle,
-    present_indices,
     read_exception,
     read_json,
     refresh_folder,
@@ -55,7 +59,7 @@ from .files import (
     write_json,
     write_pickle,
 )
-from .numbers_file import NUMERIC_KINDS, KnownNumbers, PartUnreadable, read_numbers
+from .numbers_file import NUMERIC_KINDS, read_numbers
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -86,16 +90,16 @@ __all__ = [
 
 
 class FileBasedObjectArray:
-    """An array whose elements are pickle files in a folder; missing files are masked.
+    """An array whose elements are in a folder of the store; elements no file holds are masked.
 
-    Nothing is loaded until asked for: ``.mask`` lists the folder once, ``arr[i, j]``
-    loads one element, ``.to_array()`` loads them all into a numpy masked array.
+    Nothing is loaded until asked for: ``.mask`` reads where the elements are (the
+    folder's index, see ``element_folders``), ``arr[i, j]`` loads one element (one task
+    file read), ``.to_array()`` loads them all into a numpy masked array, from the map's
+    numbers file when it holds them (``numbers_file``).
 
-    The listing is this client's: on a shared filesystem, files other nodes wrote in the
-    last minute may be missing from it (masked).  So the driver makes its own client's
-    view current when a map ends, steps downstream read the folder only then, and
-    ``.to_array()`` skips the listing when the map's numbers file says it holds every
-    element (``numbers_file``).
+    Without a complete index (a run whose driver was killed, a run written before task
+    files), the folder is listed: on a shared filesystem, files other nodes wrote in the
+    last minute may be missing from that listing (masked).
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -125,20 +129,31 @@ class FileBasedObjectArray:
             raise TypeError("len() of a 0-d array")
         return self.shape[0]
 
+    def locations(self) -> Locations:
+        """Where each element is (``element_folders.locate``)."""
+        return locate(self.folder, self.size)
+
     @property
     def mask(self) -> np.ndarray:
-        """True where an element has no file (failed, skipped or not yet done)."""
+        """True where no file holds an element (failed, skipped or not yet done)."""
+        present = self.present()
         mask = np.ones(self.size, dtype=bool)
-        mask[present_indices(self.folder)] = False
+        mask[present[present < self.size]] = False
         return mask.reshape(self.shape)
 
     def present(self) -> np.ndarray:
         """The linear indices of the elements that exist."""
-        return present_indices(self.folder)
+        return self.locations().present()
 
     def _load(self, n: int) -> Any:
         value = load_elements(self.folder, [n], threads=1)[0]
         return np.ma.masked if value is MISSING_ELEMENT else value
+
+    def load_many(self, flat: Iterable[int]) -> list[Any]:
+        """The elements ``flat`` (linear indices), each task file read once; masked where
+        none holds an element."""
+        values = load_elements(self.folder, flat)
+        return [np.ma.masked if v is MISSING_ELEMENT else v for v in values]
 
     def __getitem__(self, key: Any) -> Any:
         if not isinstance(key, tuple):
@@ -161,32 +176,24 @@ class FileBasedObjectArray:
 
     def _assemble(self, linear: np.ndarray) -> np.ma.MaskedArray:
         flat = linear.ravel()
-        known = read_numbers(self.folder, self.size)  # what the map kept of its elements
-        if isinstance(known, KnownNumbers) and known.complete:  # no need to list the folder
-            wanted = np.flatnonzero(known.position[flat] >= 0)
-        else:
-            wanted = np.flatnonzero(np.isin(flat, present_indices(self.folder)))
         values = np.empty(flat.size, dtype=object)
         mask = np.ones(flat.size, dtype=bool)
-        if known is not None:
+        known = read_numbers(self.folder, self.size)  # a map's plain numbers, at once
+        if known is not None and known.complete:  # every element there is one of them
+            wanted = np.flatnonzero(known.position[flat] >= 0)
             where = known.position[flat[wanted]]
-            held = where >= 0
-            if (
-                isinstance(known, KnownNumbers)
-                and known.kind in NUMERIC_KINDS
-                and len(wanted)
-                and held.all()
-            ):  # every element there is one of the file's numbers: no object per element
+            if known.kind in NUMERIC_KINDS and len(wanted):  # no object per element
                 array = np.zeros(flat.size, dtype=known.values.dtype)
                 array[wanted] = known.values[where]
                 mask[wanted] = False
                 return np.ma.MaskedArray(array.reshape(linear.shape), mask.reshape(linear.shape))
-            with contextlib.suppress(PartUnreadable):  # then every file is read
-                elements = known.elements(where[held])
-                values[wanted[held]] = np.fromiter(elements, dtype=object, count=len(elements))
-                mask[wanted[held]] = False
-                wanted = wanted[~held]
-        loaded = load_elements(self.folder, flat[wanted])  # in parallel: many small files
+            elements = known.elements(where)
+            values[wanted] = np.fromiter(elements, dtype=object, count=len(elements))
+            mask[wanted] = False
+            return _as_masked(values.reshape(linear.shape), mask.reshape(linear.shape))
+        loc = self.locations()
+        wanted = np.flatnonzero(loc.file[flat] != -1)
+        loaded = load_elements(self.folder, flat[wanted], locations=loc)
         for pos, value in zip(wanted.tolist(), loaded, strict=True):
             if value is not MISSING_ELEMENT:
                 values[pos] = value

@@ -83,3 +83,20 @@ def resume_computing_nothing_twice(run_path: Path, calls: Path, n: int, timeout:
     assert len(called) - n <= 4, len(called) - n
     assert "already in the store (resumed)" in flows.report.log(resumed.called[0])
     return resumed
+
+
+def file_of(folder: Path, n: int) -> Path:
+    """The file holding element ``n`` of a map output's ``folder`` (a task file, or its own)."""
+    from parsl_flows.element_folders import OWN, locate
+
+    loc = locate(folder)
+    k = int(loc.file[n])
+    assert k != -1, f"no file holds element {n} of {folder}"
+    return folder / (f"__{n}__.pickle" if k == OWN else loc.names[k])
+
+
+def stored_elements(folder: Path) -> list[int]:
+    """The elements a map output's ``folder`` holds, as its files say (no index needed)."""
+    from parsl_flows.element_folders import locate
+
+    return locate(folder).present().tolist()

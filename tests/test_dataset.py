@@ -30,6 +30,7 @@ from parsl_flows.dataset import (
     write_run_dataset,
     write_step_dataset,
 )
+from parsl_flows.element_folders import locate, save_index
 from parsl_flows.status import StepStatus
 from parsl_flows.store import FileBasedObjectArray, element_path, write_pickle
 from parsl_flows.workflow import concurrently, map_, new_workflow
@@ -403,9 +404,14 @@ def test_object_outputs_stay_in_pickles_and_the_file_says_where(seed_run, seed_n
         where = ds.electrostatics_mask.attrs["values_in"]
         errors = ds.modified_electrostatics_error.values
         np.testing.assert_array_equal(errors != "", out_of_range())
-    assert where == "return_values/electrostatics/__{n}__.pickle"
+    assert where == "return_values/electrostatics/index.npz"
     n = int(np.flatnonzero(~out_of_range().ravel())[0])
-    assert (path.parent / where.format(n=n)).exists()
+    import pickle
+
+    index = np.load(path.parent / where)  # element n as the note says, by hand
+    k, slot = index["file_number"][n], index["slot"][n]
+    with open(path.parent / where.replace("index.npz", str(index["names"][k])), "rb") as f:
+        assert pickle.loads(pickle.load(f)["pickles"][slot]) is not None
 
 
 @pytest.mark.slow
@@ -602,7 +608,7 @@ def test_the_run_dataset_writes_and_reads_back(shapes_run, shapes_ds) -> None:
         np.testing.assert_array_equal(back.z.values, shapes_ds.z.values)
         assert back.attrs["pickled_outputs"] == "o"
         assert back.o_mask.attrs["values_in"] == (
-            f"steps/{shapes_run.step('ident').path.name}/return_values/o/__{{n}}__.pickle"
+            f"steps/{shapes_run.step('ident').path.name}/return_values/o/index.npz"
         )
         assert back.k2.values.tolist() == SHAPES_INPUTS["k2"]
 
@@ -685,6 +691,9 @@ def test_a_step_dataset_nc_is_used_only_for_the_ending_it_was_written_for(
     shutil.copytree(shapes_run.path, copy)
     step_dir = copy / "steps" / shapes_run.step("add").path.name
     write_pickle(element_path(step_dir / "return_values" / "z", 1), -7.0)
+    where = locate(step_dir / "return_values" / "z")  # element 1 now in a file of its own
+    where.put_own(np.array([1]))
+    save_index(where)
     assert run_dataset(copy).z.values[1] == 100 + 1  # dataset.nc is current: taken as is
     rec = flows.status.StepStatus.load(step_dir)
     rec.finished = (rec.finished or 0) + 1  # the step ended again (a restart or resume)

@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import xarray as xr
-from helpers import command_line, wait_for
+from helpers import command_line, file_of, wait_for
 
 from parsl_flows.engine.datasets import DatasetWriter
 from parsl_flows.processes import wait_ended
@@ -212,14 +212,15 @@ def test_numbers_sent_back_are_written_without_reading_the_files(shapes_step: Pa
     # numbers known for some elements only (others came from an earlier run) are not
     # enough, and the files are read.
     y = shapes_step / "return_values" / "y"
-    (y / "__2__.pickle").write_bytes((y / "__2__.pickle").read_bytes()[:3])
+    damaged = file_of(y, 2)
+    damaged.write_bytes(damaged.read_bytes()[:3])
     (shapes_step / "dataset.nc").unlink()
     every = (np.arange(5), np.arange(1, 6))
     some = (np.arange(4), np.arange(1, 5))
     writer = DatasetWriter()
     try:
         error = writer.write("step", shapes_step)
-        assert error is not None and "DamagedFileError" in error and "__2__" in error
+        assert error is not None and "DamagedFileError" in error and damaged.name in error
         error = writer.write("step", shapes_step, known={"y": some})
         assert error is not None and "DamagedFileError" in error
         assert writer.write("step", shapes_step, known={"y": every}) is None

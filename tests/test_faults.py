@@ -19,12 +19,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cloudpickle
 import psutil
 import pytest
-from helpers import command_line, wait_for
+from helpers import command_line, file_of, stored_elements, wait_for
 
 import parsl_flows as flows
 from parsl_flows import step
+from parsl_flows.element_folders import read_task_file
 from parsl_flows.engine.runner import STOP_SECONDS
 from parsl_flows.errors import InfrastructureError
 from parsl_flows.numbers_file import forget_numbers
@@ -370,9 +372,13 @@ def test_a_truncated_element_file_is_named_when_read(local_env, store) -> None:
     flow = new_workflow("t").then(map_(double, "x[i] -> y[i]"))
     r = flows.run(flows.workflow.build(flow.on(local_env), x=list(range(6))), store=store)
     y = r.step("double").outputs.return_values.y
-    truncate(element_path(y.folder, 3))
-    with pytest.raises(DamagedFileError, match=r"element 3 of .*y \(file .*__3__\.pickle\)"):
+    damaged = file_of(y.folder, 3)
+    held = read_task_file(damaged)[0].tolist()
+    truncate(damaged)
+    named = rf"task file .*{damaged.name} \(elements .* of"
+    with pytest.raises(DamagedFileError, match=named) as e:
         y[3]
+    assert e.value.elements == held and 3 in held  # the elements it held, from the index
     # The whole array comes from the map's numbers file, which holds every element: the
     # element files are not read, and the values are right.
     assert y.to_array().tolist() == [0, 2, 4, 6, 8, 10]
@@ -387,10 +393,12 @@ def test_a_truncated_element_file_is_named_when_read(local_env, store) -> None:
 def test_restart_recomputes_a_damaged_element_instead_of_reusing_it(local_env, store) -> None:
     flow = new_workflow("t").then(map_(double, "x[i] -> y[i]"))
     first = flows.run(flows.workflow.build(flow.on(local_env), x=list(range(6))), store=store)
-    truncate(element_path(first.step("double").outputs.return_values.y.folder, 2))
+    damaged = file_of(first.step("double").outputs.return_values.y.folder, 2)
+    held = len(read_task_file(damaged)[0])
+    truncate(damaged)
     again = flows.submit(first.get_builder_restart(), store=store).wait(120)
     s = again.step("double")
-    assert s.record.n_reused == 5
+    assert s.record.n_reused == 6 - held
     assert s.outputs.return_values.y.to_array().tolist() == [0, 2, 4, 6, 8, 10]
 
 
@@ -403,9 +411,9 @@ def test_interrupt_then_resume_in_the_same_process_recomputes_damaged_files(
     wait_for(lambda: n_files(folder) >= 10, "some elements to finish")
     r.interrupt()  # what Ctrl-C in a notebook cell does
     assert r.status == "interrupted"
-    done = sorted(int(p.name.strip("_.pickle")) for p in folder.glob("__*__.pickle"))
+    done = stored_elements(folder)
     assert 10 <= len(done) < 200
-    truncate(element_path(folder, done[0]))
+    truncate(file_of(folder, done[0]))
     resumed = r.resume().wait(300)  # same process: Parsl starts again
     assert resumed.exit_code == 0, resumed.log()
     s = resumed.step("double")
@@ -471,10 +479,17 @@ def remount_read_only(where: Path) -> None:
 
 
 def assert_every_file_reads(store: Path) -> int:
+    """Read every element file and task file of ``store`` (a DamagedFileError here would
+    be a half-written file); how many elements the results' files hold."""
     n = 0
     for path in store.rglob("__*__.pickle"):
-        load_pickle(path)  # a DamagedFileError here would be a half-written file
-        n += 1
+        load_pickle(path)
+        n += "return_values" in path.parts
+    for path in store.rglob("task-*.pickle"):
+        _, pickles = read_task_file(path)
+        for data in pickles:
+            cloudpickle.loads(data)
+        n += len(pickles) * ("return_values" in path.parts)
     return n
 
 
@@ -613,7 +628,9 @@ def test_a_task_whose_result_never_comes_back_is_taken_from_the_store(
     from concurrent.futures import Future
 
     from parsl_flows.engine import tasks
+    from parsl_flows.engine.task_writer import TaskWriter
     from parsl_flows.engine.worker import OK, USER_ERROR, TaskSpec
+    from parsl_flows.store import dumps
 
     r = flows.run(
         flows.workflow.build(new_workflow("t").then(map_(double, "x[i] -> y[i]")).on(local_env),
@@ -621,13 +638,16 @@ def test_a_task_whose_result_never_comes_back_is_taken_from_the_store(
         store=store,
     )  # fmt: skip
     step_dir = r.step("double").path
-    (step_dir / "exception").mkdir()
-    (step_dir / "return_values" / "y" / "__3__.pickle").rename(
-        step_dir / "exception" / "__3__.pickle"
-    )  # element 3 now reads as failed
+    # A task "stuck-1" that finished in the store: its files written by the worker's own
+    # writer, element 3 failed.
+    writer = TaskWriter(str(step_dir), "stuck-1", ("y",), 4)
+    for n in (0, 1, 2):
+        writer.add_ok(n, [dumps(2 * n)])
+    writer.add_failed(3, USER_ERROR, ValueError("three"), True)
+    assert writer.finish() == ""
     monkeypatch.setattr(tasks, "_STALL_SECONDS", 0.3)
-    task = TaskSpec("", str(step_dir), (0, 1, 2, 3), (4,), {})
-    running = TaskSpec("", str(step_dir), (4,), (5,), {})  # no file: still running
+    task = TaskSpec("", str(step_dir), (0, 1, 2, 3), (4,), {}, name="stuck-1")
+    running = TaskSpec("", str(step_dir), (4,), (5,), {}, name="running-1")  # no file yet
     stuck: Future = Future()
     never: Future = Future()
     lines: list[str] = []
@@ -636,6 +656,8 @@ def test_a_task_whose_result_never_comes_back_is_taken_from_the_store(
     got = following._as_completed({stuck: task, never: running})
     fut, seen = next(got)
     assert fut is stuck and seen is task and not fut.done()
-    codes = [following._from_store(task, n)[0] for n in task.indices]
-    assert codes == [OK, OK, OK, USER_ERROR]
+    result = following._task_from_store(task)
+    assert result.indices.tolist() == [0, 1, 2, 3] and result.name == "stuck-1"
+    assert result.codes.tolist() == [OK, OK, OK, USER_ERROR]
+    assert result.failures[3][0] == "ValueError: three"
     assert "its result never came back" in lines[0]

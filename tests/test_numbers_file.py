@@ -17,14 +17,11 @@ import pytest
 
 import parsl_flows as flows
 from parsl_flows.numbers_file import (
-    KnownParts,
     forget_numbers,
     kind_of,
     numbers_path,
     read_numbers,
     write_numbers,
-    write_part,
-    write_parts_index,
 )
 from parsl_flows.store import FileBasedObjectArray, dumps, write_element
 from parsl_flows.workflow import build, map_, new_workflow
@@ -127,8 +124,8 @@ def test_a_file_that_covers_the_folder_spares_readers_the_listing(
     )
     assert read_numbers(folder, 4).complete
     listings: list[Path] = []
-    real = store_module.present_indices
-    monkeypatch.setattr(store_module, "present_indices", lambda f: listings.append(f) or real(f))
+    real = store_module.locate
+    monkeypatch.setattr(store_module, "locate", lambda f, *a: listings.append(f) or real(f, *a))
     arr = FileBasedObjectArray(folder, (2, 2))
     assert arr.to_array().tolist() == [[1.0, 2.0], [None, 4.0]] and listings == []
     write_element(str(folder), 2, dumps(30.0))  # the folder changes: files are the truth
@@ -224,30 +221,7 @@ def test_a_map_leaves_its_numbers_for_the_next_steps(local_env, store: Path) -> 
     assert run.step("total").output("total").fetch_value() == pytest.approx(float(expected))
 
 
-# -- parts: what tasks keep of outputs that are not plain numbers ---------------------------
-
-
-def test_parts_give_back_the_objects_their_files_hold(tmp_path: Path) -> None:
-    values: list[Any] = [("a", 1), "b", {"c": [2, 3]}, None, 2.5, ("f", 6)]
-    folder = an_output(tmp_path, values)
-    before = FileBasedObjectArray(folder, (2, 3)).to_array()
-    first = write_part(folder, [0, 1, 2], [dumps(v) for v in values[:3]])
-    second = write_part(folder, [4, 5], [dumps(v) for v in values[4:]])  # 3 is left out
-    assert write_parts_index(folder, [(first, np.array([0, 1, 2])), (second, np.array([4, 5]))])
-    known = read_numbers(folder, 6)
-    assert isinstance(known, KnownParts)
-    assert known.elements(known.position[[5, 0, 2]]) == [("f", 6), ("a", 1), {"c": [2, 3]}]
-    after = FileBasedObjectArray(folder, (2, 3)).to_array()  # 3 from its own file
-    assert (
-        after.tolist() == before.tolist() == [[("a", 1), "b", {"c": [2, 3]}], [None, 2.5, ("f", 6)]]
-    )
-    assert [type(v) for v in after.data.ravel()] == [type(v) for v in before.data.ravel()]
-    write_element(str(folder), 1, dumps("B"))  # replaced: the parts are stale
-    assert read_numbers(folder, 6) is None
-    assert FileBasedObjectArray(folder, (2, 3))[0, 1] == "B"
-    assert FileBasedObjectArray(folder, (2, 3)).to_array()[0, 1] == "B"
-    forget_numbers(folder)
-    assert not (folder.parent.parent / "numbers" / "y.parts").exists()
+# -- outputs that are not plain numbers: read from their task files --------------------
 
 
 @flows.step(returns="label")
@@ -261,9 +235,9 @@ def length(label: str) -> int:
     return len(label)
 
 
-def test_a_map_of_objects_leaves_parts_for_the_next_steps(local_env, store: Path) -> None:
+def test_a_map_of_objects_is_read_from_its_task_files(local_env, store: Path) -> None:
     flow = (
-        new_workflow("parts")
+        new_workflow("objects")
         .then(map_(label, "a[i], b[j] -> label[i, j]"))
         .then(map_(length, "label[i, j] -> length[i, j]"))
     )
@@ -271,40 +245,14 @@ def test_a_map_of_objects_leaves_parts_for_the_next_steps(local_env, store: Path
     run = flows.run(build(flow.on(local_env), a=a, b=b), store=store)
     assert run.exit_code == 0, run.log()
     labels = run.step("label").outputs.return_values.label
-    known = read_numbers(labels.folder, 6)
-    assert isinstance(known, KnownParts)
-    assert sorted(known.position.tolist()) == sorted(range(6))
+    assert read_numbers(labels.folder, 6) is None  # strings: no numbers file
+    names = sorted(os.listdir(labels.folder))
+    assert "index.npz" in names and all(n.startswith("task-") for n in names if n != "index.npz")
+    assert len(names) - 1 < 6  # a file per task, not per element
     expected = [[f"{x}x{y}" for y in b] for x in a]
     assert labels.to_array().tolist() == expected
     lengths = run.step("length").outputs.return_values.length.to_array()
     assert lengths.tolist() == [[len(s) for s in row] for row in expected]
-
-
-def test_tasks_of_big_values_keep_no_parts(thread_env, store: Path, monkeypatch) -> None:
-    import parsl_flows.engine.task_outputs as task_outputs
-
-    monkeypatch.setattr(task_outputs, "PART_BYTES", 8)  # threads: the workers are this process
-    flow = new_workflow("big").then(map_(label, "a[i], b[j] -> label[i, j]"))
-    run = flows.run(build(flow.on(thread_env), a=[1.0, 2.0], b=[3.0]), store=store)
-    assert run.exit_code == 0, run.log()
-    labels = run.step("label").outputs.return_values.label
-    assert read_numbers(labels.folder, 2) is None
-    assert not (labels.folder.parent.parent / "numbers" / "label.parts").exists()
-    assert labels.to_array().tolist() == [["1.0x3.0"], ["2.0x3.0"]]
-
-
-def test_a_part_gone_or_damaged_leaves_the_files(tmp_path: Path) -> None:
-    values = ["a", "b", "c", "d"]
-    folder = an_output(tmp_path, values)
-    first = write_part(folder, [0, 1], [dumps(v) for v in values[:2]])
-    second = write_part(folder, [2, 3], [dumps(v) for v in values[2:]])
-    write_parts_index(folder, [(first, np.array([0, 1])), (second, np.array([2, 3]))])
-    parts = folder.parent.parent / "numbers" / "y.parts"
-    with open(parts / second, "r+b") as f:  # really truncated
-        f.truncate(5)
-    assert FileBasedObjectArray(folder, (4,)).to_array().tolist() == values
-    (parts / first).unlink()
-    assert FileBasedObjectArray(folder, (4,)).to_array().tolist() == values
 
 
 def test_a_map_claims_only_the_files_its_tasks_wrote(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ reader opens; object-valued outputs stay in their pickles and the file names the
 2.5
 """
 
-from ..files import load_elements
+from ..element_folders import load_elements
 from .building import (
     array_to_xarray,
     run_dataset,

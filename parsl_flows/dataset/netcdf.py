@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ..element_folders import INDEX_NAME
 from ..status import StepStatus
 from .reading import _Output
 
@@ -104,23 +107,36 @@ def _write_netcdf(
     out = ds.drop_vars(pickled)
     for name in pickled:
         if f"{name}_mask" in out and name in folders:
-            out[f"{name}_mask"].attrs["values_in"] = f"{folders[name]}/__{{n}}__.pickle"
+            out[f"{name}_mask"].attrs["values_in"] = f"{folders[name]}/{INDEX_NAME}"
     out.attrs["pickled_outputs"] = " ".join(pickled)
     if pickled:
         out.attrs["pickled_outputs_note"] = (
-            "outputs that are not numbers (or too big) stay in pickle files, one per "
-            "element: <mask>.values_in, n the C-order index of the element; a missing file "
-            "is a missing element. Loading a pickle runs code: only open stores you trust."
+            "outputs that are not numbers (or too big) stay in pickle files, one per worker "
+            "task: <mask>.values_in is the folder's index, whose file_number[n] and slot[n] "
+            "give element n (C order) as pickle.loads(pickle.load(open(names[file_number[n]], "
+            "'rb'))['pickles'][slot[n]]); file_number -2: the file __<n>__.pickle; -1: a "
+            "missing element (see the README's store layout). Loading a pickle runs code: "
+            "only open stores you trust."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written on this host's disk, then moved into the store whole: HDF5 makes many small
+    # writes and takes locks, which a shared filesystem does badly (or refuses).
+    fd, local_name = tempfile.mkstemp(suffix=".nc", prefix="parsl-flows-")
+    os.close(fd)
+    local = Path(local_name)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         texts = [str(n) for n in out.data_vars if out[n].dtype.kind == "U"]  # the errors
         with NETCDF_LOCK:
-            out.drop_vars(texts).to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
-            _add_texts(tmp, out, texts)
-        os.replace(tmp, path)
+            out.drop_vars(texts).to_netcdf(local, engine="netcdf4", format="NETCDF4")
+            _add_texts(local, out, texts)
+        if local.stat().st_dev == path.parent.stat().st_dev:
+            os.replace(local, path)
+        else:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, path)
     finally:
+        local.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     if keep:
         run_dir = path.parent.parent.parent  # <run>/steps/<step>/dataset.nc

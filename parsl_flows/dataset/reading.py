@@ -18,11 +18,8 @@ import numpy as np
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from ..files import (
-    MISSING_ELEMENT,
-    load_elements,
-    present_indices,
-)
+from ..element_folders import load_elements, present_indices
+from ..files import MISSING_ELEMENT
 from ..ranges import expand
 from ..status import StepStatus
 

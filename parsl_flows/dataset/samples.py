@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..files import MISSING_ELEMENT, load_pickle, present_indices
+from ..element_folders import present_indices
+from ..files import MISSING_ELEMENT, load_pickle
 from ..status import StepStatus
 from ..workflow import Call, Map, Workflow, as_mapped_array
 from .layout import _records, _value_loader

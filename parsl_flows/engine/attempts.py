@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,10 +24,7 @@ from ..mapspec import MapSpec, MapSpecError
 from ..numbers_file import forget_numbers
 from ..ranges import common, compress, unique_indices, without
 from ..status import StepStatus
-from ..store import (
-    drop_damaged,
-    element_path,
-)
+from ..store import element_path
 from ..workflow import Call, Map
 from .chunking import ChunkSizer
 from .datasets import dataset_writer
@@ -35,6 +33,7 @@ from .inputs import MappedInputs
 from .numbers_back import NumbersBack
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
+from .step_index import StepIndex, drop_damaged_results
 from .tasks import StepTasks, remove_exceptions
 from .worker import (
     INFRASTRUCTURE,
@@ -123,19 +122,27 @@ class StepAttempts(MappedInputs):
             keys = self._element_keys(node, params, shape, log)
             if keys is not None:
                 np.save(step_dir / KEYS_FILE, keys)
-        self._reuse(node, st, keys, wanted, log)
-        have = present_elements(step_dir, node.outputs, wanted)
+        # A map's elements are where its folders' index says (``element_folders``): what
+        # is there already (a resume), what is reused, and each task's files as they come.
+        index = StepIndex(step_dir, node.outputs, total) if isinstance(node, Map) else None
+        self._reuse(node, st, keys, wanted, log, index)
+        if index is not None:
+            have = common(wanted, index.present())
+        else:
+            have = present_elements(step_dir, node.outputs, wanted)
         if len(have):
-            have = self._drop_damaged(step_dir, node.outputs, have, log)
+            have = drop_damaged_results(step_dir, node.outputs, have, log, index)
         st.n_done = st.n_reused = len(have)
         todo = without(wanted, have)
         if len(have) and not st.reused_from:
             log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
         try:
             codes, messages, exhausted, succeeded = self._attempts(
-                node, st, params, shape, todo, log
+                node, st, params, shape, todo, log, index
             )
         finally:  # an interrupted run keeps its keys too: a restart reuses what it has
+            if index is not None:
+                index.save()
             if keys_later is not None:
                 try:
                     keys = keys_later.result()
@@ -179,6 +186,7 @@ class StepAttempts(MappedInputs):
         shape: tuple[int, ...],
         todo: np.ndarray,
         log: Callable[[str], None],
+        index: StepIndex | None = None,
     ) -> tuple[dict[int, int], dict[int, str], bool, np.ndarray]:
         """Submit ``todo``, then resubmit what failed, as the step's restart policy allows.
 
@@ -204,6 +212,7 @@ class StepAttempts(MappedInputs):
                 node.retry_on,
                 node.step.resources.walltime_s,
                 os.getpid(),
+                f"{chunk[0]}-{uuid.uuid4().hex[:8]}" if isinstance(node, Map) else "",
             )
 
         # Per element of the step, as arrays: no per-element Python for elements that succeed.
@@ -234,12 +243,25 @@ class StepAttempts(MappedInputs):
                 )
             else:
                 log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
-            remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
+            if index is not None:
+                index.retrying(todo)
+                if tries.any():
+                    index.save()  # an attempt ended: a killed driver's resume starts here
+            else:
+                remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
             self._save(st)
             lone = common(todo, np.fromiter(suspects, dtype=np.int64, count=len(suspects)))
             alone: list[tuple[int, ...]] = [(n,) for n in lone.tolist()]
             rest = without(todo, lone)
-            tasks = StepTasks(st, self._check_stop, lambda: self._save(st), self._note_helpers, log)
+            tasks = StepTasks(
+                st,
+                self._check_stop,
+                lambda: self._save(st),
+                self._note_helpers,
+                log,
+                index,
+                step_dir,
+            )
             if isinstance(node, Map):  # Parsl and its workers are up once a task is back: the
                 tasks.on_first_result = dataset_writer.start  # helper's start overlaps the map
             results = tasks.run(alone, rest, make_task, sizer)
@@ -313,24 +335,6 @@ class StepAttempts(MappedInputs):
         st.attempts.append(record)
         return record
 
-    def _drop_damaged(
-        self, step_dir: Path, outputs: Iterable[str], have: np.ndarray, log: Callable[[str], None]
-    ) -> np.ndarray:
-        """Results already in the store, less damaged files, which are deleted and recomputed."""
-        damaged: set[int] = set()
-        for out in outputs:
-            damaged.update(drop_damaged(step_dir / "return_values" / out, have))
-        if not damaged:
-            return have
-        for n in damaged:  # an element is whole or absent
-            for out in outputs:
-                element_path(step_dir / "return_values" / out, n).unlink(missing_ok=True)
-        log(
-            f"{len(damaged)} element file(s) were damaged (truncated or overwritten) and are "
-            f"computed again: elements {compress(np.array(sorted(damaged)))}"
-        )
-        return without(have, np.array(sorted(damaged), dtype=np.int64))
-
     # -- keys and reuse --------------------------------------------------------------------
 
     def _element_keys(
@@ -353,13 +357,15 @@ class StepAttempts(MappedInputs):
         keys: np.ndarray | None,
         wanted: np.ndarray,
         log: Callable[[str], None],
+        index: StepIndex | None = None,
     ) -> None:
         """Link matching results of the run this one restarts from."""
         if self.reuse_from is None or keys is None:
             return
         taken = take_from_run(
-            self.reuse_from, node.name, list(node.outputs), self.step_dir(st), keys, wanted
-        )
+            self.reuse_from, node.name, list(node.outputs), self.step_dir(st), keys, wanted, index,
+            log,
+        )  # fmt: skip
         if taken is None:
             return
         if not taken:

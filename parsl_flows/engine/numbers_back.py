@@ -31,8 +31,6 @@ class NumbersBack:
             out: [] for out in outputs
         }
         self._kinds: dict[str, set[str]] = {out: set() for out in outputs}
-        #: Per output, the parts its tasks wrote and the elements each holds.
-        self._part_files: dict[str, list[tuple[str, np.ndarray]]] = {out: [] for out in outputs}
 
     def add(self, result: TaskResult) -> None:
         """Take the values of ``result``'s elements that succeeded."""
@@ -40,9 +38,6 @@ class NumbersBack:
         if not ok.any():
             return
         indices = result.indices[ok]
-        for out, name in result.parts.items():
-            if out in self._part_files:
-                self._part_files[out].append((name, indices))
         for out, parts in self._parts.items():
             values = result.values.get(out)
             if parts is None:
@@ -68,7 +63,3 @@ class NumbersBack:
             for out, parts in self._parts.items()
             if parts
         }
-
-    def parts(self) -> dict[str, list[tuple[str, np.ndarray]]]:
-        """For each output, the parts its tasks wrote: ``(name, indices)`` each."""
-        return {out: files for out, files in self._part_files.items() if files}

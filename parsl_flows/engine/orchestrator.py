@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import EXIT_CODES
 from ..lock import RunLock
-from ..numbers_file import KINDS, write_numbers, write_parts_index
+from ..numbers_file import KINDS, write_numbers
 from ..status import RunRecord, StepStatus
 from ..store import refresh_folder
 from ..workflow import Call, Map, Workflow
@@ -291,18 +291,15 @@ class Execution(StepAttempts):
         step_dir: Path,
         known: dict[str, tuple[np.ndarray, np.ndarray]],
         kinds: dict[str, str],
-        parts: dict[str, list[tuple[str, np.ndarray]]],
     ) -> None:
         """Keep what the next steps read of a map's outputs (see ``numbers_file``): the
-        numbers of an output of one type, else the index of the parts its tasks wrote."""
-        for out in dict.fromkeys([*known, *parts]):
+        numbers of an output of one type (others are read from their task files)."""
+        for out in known:
             folder = step_dir / "return_values" / out
             try:
                 if out in known and kinds.get(out) in KINDS:
                     every = self._holds_every(folder, known[out][0])
                     write_numbers(folder, *known[out], kinds[out], complete=every)
-                elif out in parts:
-                    write_parts_index(folder, parts[out])
             except OSError as e:  # a full store: readers take the element files
                 logger.warning("cannot keep the numbers of %s: %s", folder, e)
 
@@ -345,7 +342,7 @@ class Execution(StepAttempts):
         if isinstance(node, Map) and not self.stopping.is_set():
             _refresh_folders(self.step_dir(st), node.outputs)
             if back is not None:  # before the steps that read this map start
-                self._keep_numbers(self.step_dir(st), known, back.kinds(), back.parts())
+                self._keep_numbers(self.step_dir(st), known, back.kinds())
             # dataset.nc is written beside the run, not before the steps that wait for
             # this one: a second or more for a big map.
             self._datasets.submit(self._write_step_dataset, self.step_dir(st), known)

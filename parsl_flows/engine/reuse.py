@@ -2,22 +2,30 @@
 
 A restart (``run.get_builder_restart()``) remembers the run it came from.  For each step,
 elements whose key (code + inputs, see ``hashing``) matches an element that exists in
-that run are hard-linked into the new run's directory, so the new run is complete on its
-own and the old one can be deleted.
+that run are taken by hard links, so the new run is complete on its own and the old one
+can be deleted.  A map's task file is linked whole, once, as ``reused-<run>-<file>``,
+and the new run's index says which of its elements count, and where (the file's own
+``indices`` are the earlier run's); an element in its own file (a run written before
+task files, a plain call) is linked as the new element's file.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..ranges import common, without
+from ..element_folders import OWN, Locations, locate
+from ..ranges import common, compress, without
 from ..status import RunRecord
 from ..store import element_path, file_exists, is_intact, present_indices
+
+if TYPE_CHECKING:
+    from .step_index import StepIndex
 
 __all__ = [
     "link_file",
@@ -55,12 +63,18 @@ def origin_step_dir(origin_run: Path, step_name: str) -> Path | None:
 
 
 def reusable_elements(
-    origin_dir: Path, outputs: list[str], keys: np.ndarray, wanted: np.ndarray
-) -> list[tuple[int, int]]:
-    """``(new index, old index)`` pairs for wanted elements whose key exists in ``origin_dir``.
+    origin_dir: Path,
+    outputs: list[str],
+    keys: np.ndarray,
+    wanted: np.ndarray,
+    damaged: list[Path] | None = None,
+) -> tuple[list[tuple[int, int]], dict[str, Locations]]:
+    """``(new index, old index)`` pairs for wanted elements whose key exists in ``origin_dir``,
+    and where the old elements are, per output; the damaged files met are added to
+    ``damaged``.
 
     Only old elements that have every output, each file whole, are used: a damaged file
-    is computed again rather than copied.  The earlier run's folders are listed as this
+    is computed again rather than copied.  The earlier run's folders are read as this
     client sees them, not refreshed (that would write into another run): an element a
     stale listing misses is computed instead of reused, and one it lists that is gone
     fails ``is_intact``, which opens it, and is computed too.
@@ -68,35 +82,69 @@ def reusable_elements(
     try:
         old_keys = np.load(origin_dir / KEYS_FILE)
     except (FileNotFoundError, ValueError, OSError):
-        return []
-    present: set[int] | None = None
-    for out in outputs:
-        here = set(present_indices(origin_dir / "return_values" / out).tolist())
-        present = here if present is None else present & here
-    if not present:
-        return []
+        return [], {}
     flat_old = old_keys.reshape(-1)
-    by_key = {bytes(flat_old[i]): i for i in present if i < flat_old.size}
+    where = {out: locate(origin_dir / "return_values" / out, flat_old.size) for out in outputs}
+    present: np.ndarray | None = None
+    for loc in where.values():
+        here = loc.present()
+        present = here if present is None else common(present, here)
+    if present is None or not len(present):
+        return [], where
+    by_key = {bytes(flat_old[i]): i for i in present.tolist() if i < flat_old.size}
     flat_new = keys.reshape(-1)
+    intact: dict[Path, bool] = {}
+    damaged = [] if damaged is None else damaged
+
+    def whole(path: Path) -> bool:
+        if path not in intact:
+            intact[path] = is_intact(path)
+        return intact[path]
+
     pairs = []
     for n in wanted.tolist():
         old = by_key.get(bytes(flat_new[n]))
-        if old is not None and all(
-            is_intact(element_path(origin_dir / "return_values" / out, old)) for out in outputs
-        ):
+        if old is not None and all(whole(_file_of(loc, old)) for loc in where.values()):
             pairs.append((n, old))
-    return pairs
+    damaged.extend(path for path, ok in intact.items() if not ok)
+    return pairs, where
+
+
+def _file_of(loc: Locations, n: int) -> Path:
+    k = int(loc.file[n])
+    return element_path(loc.folder, n) if k == OWN else loc.folder / loc.names[k]
 
 
 def link_elements(
-    origin_dir: Path, step_dir: Path, outputs: list[str], pairs: list[tuple[int, int]]
+    origin_dir: Path,
+    step_dir: Path,
+    where: dict[str, Locations],
+    pairs: list[tuple[int, int]],
+    index: StepIndex | None = None,
 ) -> None:
-    for new, old in pairs:
-        for out in outputs:
-            link_file(
-                element_path(origin_dir / "return_values" / out, old),
-                element_path(step_dir / "return_values" / out, new),
-            )
+    """Link the ``(new, old)`` elements into ``step_dir`` (see module); the index, if any,
+    records where they are, and is written at once (a reused task file's own ``indices``
+    are the earlier run's: only the index may place its elements)."""
+    if not pairs:
+        return
+    new = np.array([n for n, _ in pairs], dtype=np.int64)
+    old = np.array([o for _, o in pairs], dtype=np.int64)
+    for out, loc in where.items():
+        folder = step_dir / "return_values" / out
+        files = loc.file[old]
+        for j in np.flatnonzero(files == OWN).tolist():
+            link_file(element_path(loc.folder, int(old[j])), element_path(folder, int(new[j])))
+        if index is not None:
+            index.values[out].put_own(new[files == OWN])
+        for k in np.unique(files[files >= 0]).tolist():
+            name = f"reused-{origin_dir.parent.parent.name}-{loc.names[k]}"
+            link_file(loc.folder / loc.names[k], folder / name)
+            if index is None:
+                raise ValueError("elements in task files are reused into a map only")
+            these = files == k
+            index.values[out].put(name, new[these], loc.slot[old[these]])
+    if index is not None:
+        index.save()
 
 
 def has_every_output(step_dir: Path, outputs: Iterable[str], n: int) -> bool:
@@ -131,12 +179,25 @@ def take_from_run(
     step_dir: Path,
     keys: np.ndarray,
     wanted: np.ndarray,
+    index: StepIndex | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> int | None:
-    """Link the wanted elements whose keys match into ``step_dir``; how many (None: no step)."""
+    """Link the wanted elements whose keys match into ``step_dir``; how many (None: no step).
+
+    ``index``: a map's (``StepIndex``), which says what it has and takes what is linked.
+    ``log`` is told of each damaged file of the earlier run, and the elements it held:
+    those are computed again."""
     origin = origin_step_dir(origin_run, step_name)
     if origin is None:
         return None
-    missing = without(wanted, present_elements(step_dir, outputs, wanted))
-    pairs = reusable_elements(origin, outputs, np.atleast_1d(keys), missing)
-    link_elements(origin, step_dir, outputs, pairs)
+    have = index.present() if index is not None else present_elements(step_dir, outputs, wanted)
+    missing = without(wanted, have)
+    damaged: list[Path] = []
+    pairs, where = reusable_elements(origin, outputs, np.atleast_1d(keys), missing, damaged)
+    for path in damaged if log is not None else []:
+        loc = where.get(path.parent.name)
+        held = loc.held_by(path.name) if loc is not None else np.empty(0, np.int64)
+        what = f"elements {compress(held)} of that run" if len(held) else "its element"
+        log(f"{path} is damaged (truncated or overwritten): {what} are computed again")
+    link_elements(origin, step_dir, where, pairs, index)
     return len(pairs)

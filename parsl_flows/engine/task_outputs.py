@@ -1,14 +1,10 @@
-"""What a worker task sends back and keeps of its elements' outputs, beside their files.
+"""What a worker task sends back of its elements' outputs, beside their task files.
 
-Part of the worker side (:mod:`parsl_flows.engine.worker`).  For each output of a map:
-
-- while every value is a plain number, the values themselves, sent back to the driver
-  with the task's codes (8 bytes an element): the driver writes the map's ``dataset.nc``
-  and its numbers file (``parsl_flows/numbers_file.py``) from them;
-- otherwise, the pickles the task wrote to the elements' files, kept in one part per
-  task (up to ``PART_BYTES``), which the next steps read instead of one file an element.
-
-Only elements that succeeded count, in the order they ran.
+Part of the worker side (:mod:`parsl_flows.engine.worker`).  For each output of a map,
+while every value is a plain number, the values themselves, sent back to the driver with
+the task's codes (8 bytes an element): the driver writes the map's ``dataset.nc`` and its
+numbers file (``parsl_flows/numbers_file.py``) from them.  Only elements that succeeded
+count, in the order they ran.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..numbers_file import PART_BYTES, kind_of, write_part
+from ..numbers_file import kind_of
 
 __all__ = ["NUMBER_TYPES", "TaskOutputs", "number_arrays"]
 
@@ -44,16 +40,13 @@ def _one_kind(values: list[Any] | None) -> str:
 
 
 class TaskOutputs:
-    """The outputs of one task's elements that succeeded (see module)."""
+    """The plain numbers of one task's elements that succeeded (see module)."""
 
     def __init__(self, outputs: tuple[str, ...] | list[str]) -> None:
         self.numbers: dict[str, list[Any] | None] = {out: [] for out in outputs}
-        self.pickles: dict[str, list[bytes] | None] = {out: [] for out in outputs}
-        self.indices: list[int] = []
-        self.size = 0
 
-    def add(self, n: int, values: dict[str, Any], written: list[tuple[str, bytes]]) -> None:
-        """Element ``n`` succeeded with ``values``, pickled as ``written`` in its files."""
+    def add(self, n: int, values: dict[str, Any]) -> None:
+        """Element ``n`` succeeded with ``values``."""
         for out, numbers in self.numbers.items():
             if numbers is not None:
                 value = values[out]
@@ -61,25 +54,8 @@ class TaskOutputs:
                     numbers.append(value)
                 else:
                     self.numbers[out] = None
-        self.indices.append(n)
-        for out, data in written:
-            pickles = self.pickles[out]
-            if pickles is not None:
-                self.size += len(data)
-                pickles.append(data)
-        if self.size > PART_BYTES:  # values this big: their own files will do
-            self.pickles = dict.fromkeys(self.pickles)
 
-    def finish(
-        self, folders: dict[str, str]
-    ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
-        """The numbers sent back and their kinds, and the parts written (for outputs that
-        are not all numbers), per output."""
+    def finish(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """The numbers sent back and their kinds, per output."""
         values = number_arrays(self.numbers)
-        kinds = {out: _one_kind(self.numbers[out]) for out in values}
-        parts = {}
-        for out, pickles in self.pickles.items():
-            if pickles and out not in values:  # numbers sent back: the driver keeps those
-                with contextlib.suppress(OSError):  # a full store: the element files do
-                    parts[out] = write_part(folders[out], self.indices, pickles)
-        return values, kinds, parts
+        return values, {out: _one_kind(self.numbers[out]) for out in values}

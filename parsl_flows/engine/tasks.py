@@ -1,14 +1,16 @@
 """Following the Parsl tasks of one attempt of one step, to their results in the store.
 
 A few tasks per worker are in flight; each finished task's codes are counted into the
-step's record as it comes back.  A task whose worker died is read from the store: what
-finished is kept, the element that was running is the suspect.  A task whose result
-never comes back, although its elements are in the store, is taken from the store.
+step's record as it comes back, and a map task's files into the step's index.  A task
+whose worker died is read from the store (its journal, ``task_writer``): what finished
+is kept, the element that was running is the suspect.  A task whose result never comes
+back, although its files are in the store, is taken from the store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -16,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..element_folders import read_task_file, task_file_name
 from ..errors import InfrastructureError
+from ..files import DamagedFileError, filesystem_type
 from ..ranges import common
 from ..status import StepStatus
 from ..store import (
@@ -28,8 +32,11 @@ from ..store import (
     write_pickle,
 )
 from .chunking import ChunkSizer
+from .failures import exception_bytes
 from .reuse import has_every_output
 from .runner import runner
+from .step_index import StepIndex
+from .task_writer import journal_path, read_journal, write_failures, write_values
 from .worker import (
     INFRASTRUCTURE,
     MISSING_OUTPUT,
@@ -44,7 +51,11 @@ __all__ = ["StepTasks", "remove_exceptions"]
 
 # Parsl's names for a task whose worker (or whole worker pool) died under it.
 _LOST = {"WorkerLost": "worker lost", "ManagerLost": "worker pool lost"}
+#: How often a step's record is written while its tasks come back: on a shared
+#: filesystem every write is a round trip to a server all users share.
 _FLUSH_SECONDS = 0.5
+_FLUSH_SECONDS_SHARED = 5.0
+_LOCAL = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "tmpfs", "ramfs", "overlay", "apfs"}
 #: How often waiting loops look whether the run was told to stop.
 STOP_POLL_SECONDS = 0.25
 #: Without any task finishing for this long, look for tasks finished in the store.
@@ -84,9 +95,15 @@ class StepTasks:
         save: Callable[[], None],
         note_helpers: Callable[[], None],
         log: Callable[[str], None],
+        index: StepIndex | None = None,
+        step_dir: Path | None = None,
     ) -> None:
         assert st.executor is not None
         self.st, self.executor = st, st.executor
+        #: A map's index: each task's files are added to it as the task comes back.
+        self.index = index
+        kind = filesystem_type(step_dir) if step_dir is not None else None
+        self.flush_seconds = _FLUSH_SECONDS if kind in _LOCAL else _FLUSH_SECONDS_SHARED
         self.check_stop, self.save = check_stop, save
         self.note_helpers, self.log = note_helpers, log
         #: Called once, when the first task comes back (Parsl and its workers are up then).
@@ -124,7 +141,7 @@ class StepTasks:
         last_flush = time.monotonic()
         for fut, task in self._as_completed(futures):
             if not fut.done():  # finished in the store, but its result never came back
-                tr = TaskResult.of([(n, *self._from_store(task, n)) for n in task.indices])
+                tr = self._task_from_store(task)
             elif fut.exception() is None:
                 tr = fut.result()
                 sizer.observe(len(task.indices), tr.seconds)
@@ -139,8 +156,10 @@ class StepTasks:
             st.n_done += tr.count(OK)
             st.n_infra += tr.count(INFRASTRUCTURE)
             st.n_failed += tr.count(USER_ERROR, MISSING_OUTPUT)
+            if self.index is not None:
+                self.index.add(tr)
             results.append(tr)
-            if time.monotonic() - last_flush > _FLUSH_SECONDS:
+            if time.monotonic() - last_flush > self.flush_seconds:
                 self.save()
                 self.note_helpers()
                 last_flush = time.monotonic()
@@ -188,15 +207,54 @@ class StepTasks:
                 yield fut, futures.pop(fut)
 
     def _in_store(self, task: TaskSpec) -> bool:
-        """Has every element of ``task`` a result or an exception file?
+        """Has every element of ``task`` a result or an exception in the store?
 
-        Elements run in order, so the last one is looked at first: one ``stat`` for a
-        task that is still running.
+        A map task: its files are written at its end, the last output's last, and its
+        journal removed after them (``task_writer``): two ``open`` calls.  A plain call:
+        its own files.
         """
+        if task.name:
+            step_dir = Path(task.step_dir)
+            file = task_file_name(task.name)
+            written = file_exists(step_dir / "return_values" / self.st.outputs[-1] / file)
+            written = written or file_exists(step_dir / "exception" / file)
+            return written and not file_exists(journal_path(task.step_dir, task.name))
         return all(self._stored_code(task, n) != NOT_RUN for n in reversed(task.indices))
 
+    def _task_files(self, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, list[bytes]] | None:
+        """A map task's files: the elements in its output files, those in its exception
+        file and their exceptions; None when they do not hold every element of the task."""
+        step_dir = Path(task.step_dir)
+        file = task_file_name(task.name)
+        try:
+            ok, _ = read_task_file(step_dir / "return_values" / self.st.outputs[-1] / file)
+        except (FileNotFoundError, DamagedFileError):
+            ok = np.empty(0, np.int64)
+        try:
+            failed, exceptions = read_task_file(step_dir / "exception" / file)
+        except (FileNotFoundError, DamagedFileError):
+            failed, exceptions = np.empty(0, np.int64), []
+        if len(ok) + len(failed) < len(task.indices):
+            return None
+        return ok, failed, exceptions
+
+    def _task_from_store(self, task: TaskSpec) -> TaskResult:
+        """A finished task's result, from its files (its own came back lost)."""
+        if not task.name:
+            return TaskResult.of([(n, *self._from_store(task, n)) for n in task.indices])
+        files = self._task_files(task)
+        if files is None:  # no longer whole: as if lost before it started
+            return TaskResult.of([(n, NOT_RUN, "") for n in task.indices])
+        ok, failed, exceptions = files
+        verdicts = [(n, OK, "") for n in ok.tolist()]
+        verdicts += [
+            (n, USER_ERROR, _exception_text(data))
+            for n, data in zip(failed.tolist(), exceptions, strict=True)
+        ]
+        return TaskResult.of(verdicts, name=task.name)
+
     def _stored_code(self, task: TaskSpec, n: int) -> int:
-        """OK, USER_ERROR, or NOT_RUN for no file: files are opened, not read.
+        """A plain call's OK, USER_ERROR, or NOT_RUN for no file: files are opened, not read.
 
         Only for tasks whose result Parsl did not bring back (the task's own codes are the
         truth otherwise).  Opening asks the file server, so a file another node removed is
@@ -209,7 +267,7 @@ class StepTasks:
         return USER_ERROR if file_exists(element_path(step_dir / "exception", n)) else NOT_RUN
 
     def _from_store(self, task: TaskSpec, n: int) -> tuple[int, str]:
-        """What the store says of element ``n``: its code, and its message if it failed."""
+        """What the store says of a plain call's element ``n``: its code, and its message."""
         code = self._stored_code(task, n)
         if code != USER_ERROR:
             return code, ""
@@ -218,26 +276,82 @@ class StepTasks:
     def _lost(self, task: TaskSpec, exc: BaseException) -> TaskResult:
         """Results for a task that Parsl reports failed: its worker died, or worse.
 
-        Elements that finished before the failure have their files and count as done.  A
-        worker runs its task's elements in order, so the first one without a result was
-        running when the worker died: it is the suspect (402, retried alone), and those
-        after it never started (retried without counting a try).
-
-        Files another node wrote may reach this driver late (a shared filesystem's
-        caches): an element that finished may then look not started, and is run again.
-        So the suspect's result files, if any, are removed with its verdict: an element
-        the driver counts as failed has no result, whatever it left.
+        Elements that finished before the failure are kept (a map task's journal, a plain
+        call's files).  A worker runs its task's elements in order, so the first one
+        without a record was running when the worker died: it is the suspect (402,
+        retried alone), and those after it never started (retried without counting a
+        try).  A record that says the worker ended itself (an element past its walltime
+        that ignored it) leaves no suspect.
         """
         cause = _LOST.get(type(exc).__name__, f"task failed in Parsl ({type(exc).__name__})")
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         if type(exc).__name__ in ("BadStateException", "TooManyJobFailuresError"):
             jobs = runner.batch_jobs(self.executor)
             cause = "block failed" + (f" (scheduler job(s) {', '.join(jobs)})" if jobs else "")
-        step_dir = Path(task.step_dir)
-        verdicts: list[tuple[int, int, str]] = []
+        self.log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         # Only a lost worker or pool says where the task stopped; any other failure (a
         # block that cannot start) hit every element alike.
         in_order = type(exc).__name__ in _LOST
+        error = InfrastructureError(cause, detail)
+        if task.name:
+            return self._lost_map_task(task, error, in_order)
+        return self._lost_call(task, error, in_order)
+
+    def _lost_map_task(
+        self, task: TaskSpec, error: InfrastructureError, in_order: bool
+    ) -> TaskResult:
+        """A lost map task: from its files if it wrote them, else from its journal.
+
+        What the journal keeps is written as the task's ``-salvaged`` files by the driver
+        (the worker may still be alive, a pool cut off by a stalled network, and write its
+        own files later: those are never overwritten, and the index names the driver's).
+        """
+        if self._task_files(task) is not None:
+            return self._task_from_store(task)
+        records = {r[0]: r for r in read_journal(journal_path(task.step_dir, task.name))}
+        ended = any(r[5] for r in records.values())
+        kept: dict[int, list[bytes]] = {}
+        failed: list[tuple[int, int, str, bytes]] = []
+        verdicts: list[tuple[int, int, str]] = []
+        suspect_found = ended
+        for n in task.indices:
+            record = records.get(n)
+            if record is not None and record[1] == OK and record[2] is not None:
+                kept[n] = record[2]
+            elif record is not None and record[1] != OK:
+                failed.append((n, record[1], _exception_text(record[2]), record[2]))
+            elif suspect_found or (record is not None and record[1] == OK):
+                verdicts.append((n, NOT_RUN, ""))  # not run, or its value was not kept
+            else:
+                suspect_found = in_order
+                failed.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}", b""))
+        name = f"{task.name}-salvaged"
+        failures = [(n, code, message) for n, code, message, _ in failed]
+        try:
+            if failed:
+                pickles = [data or exception_bytes(error) for *_, data in failed]
+                write_failures(task.step_dir, name, [n for n, *_ in failed], pickles)
+            if kept:
+                write_values(task.step_dir, name, tuple(self.st.outputs), kept)
+        except OSError as e:  # a full store: the kept values are computed again
+            self.log(f"cannot keep the finished elements of a lost task: {e}")
+            verdicts += [(n, NOT_RUN, "") for n in kept]
+            kept = {}
+        with contextlib.suppress(OSError):
+            os.unlink(journal_path(task.step_dir, task.name))
+        ordered = [(n, OK, "") for n in kept] + failures + verdicts
+        return TaskResult.of(ordered, name=name)
+
+    def _lost_call(self, task: TaskSpec, error: InfrastructureError, in_order: bool) -> TaskResult:
+        """A lost plain call: its own files say whether it finished.
+
+        Files another node wrote may reach this driver late (a shared filesystem's
+        caches): a call that finished may then look not started, and is run again.  So
+        the suspect's result files, if any, are removed with its verdict: an element the
+        driver counts as failed has no result, whatever it left.
+        """
+        step_dir = Path(task.step_dir)
+        verdicts: list[tuple[int, int, str]] = []
         suspect_found = False
         for n in task.indices:
             exc_file = element_path(step_dir / "exception", n)
@@ -246,11 +360,20 @@ class StepTasks:
                 verdicts.append((n, code, message))
             else:
                 suspect_found = in_order
-                error = InfrastructureError(cause, detail)
                 with contextlib.suppress(OSError):  # a full store: the message still counts
                     for out in self.st.outputs:  # whole or absent: never a partial result
                         remove_element(str(step_dir / "return_values" / out), n)
                     write_pickle(exc_file, error)
                 verdicts.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
-        self.log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         return TaskResult.of(verdicts)
+
+
+def _exception_text(data: bytes | None) -> str:
+    """``"Type: message"`` of a pickled exception (never raises)."""
+    import cloudpickle
+
+    try:
+        exc = cloudpickle.loads(data) if data else None
+    except Exception as e:
+        return f"(its exception cannot be read: {type(e).__name__}: {e})"
+    return f"{type(exc).__name__}: {exc}"[:500] if exc is not None else ""
