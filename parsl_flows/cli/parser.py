@@ -12,7 +12,7 @@ import textwrap
 from typing import NoReturn
 
 from .common import PROG
-from .housekeeping import cmd_cleanup
+from .housekeeping import cmd_cleanup, cmd_compact
 from .inspecting import cmd_graph, cmd_list, cmd_log, cmd_plan, cmd_status
 from .running import cmd_restart, cmd_resume, cmd_run
 
@@ -170,6 +170,24 @@ def make_parser() -> argparse.ArgumentParser:
         """,
     )
     p.set_defaults(handler=cmd_cleanup)
+
+    p = command(
+        "compact",
+        "rewrite an ended run's one-file-per-element results as task files, same values",
+        """
+        python -m parsl_flows compact 20261126-1015
+        python -m parsl_flows compact --all --store /scratch/me/parsl-flows-store
+
+        For runs written before task files (and runs resumed or restarted from them):
+        each map folder's __<n>__.pickle files become a few task files and an index.
+        Nothing is removed before what replaces it is written and checked, so a
+        compaction cut short leaves a run that reads the same; run it again to finish.
+        Runs still running, or interrupted (resume them first), are left alone.
+        """,
+    )
+    p.add_argument("run", metavar="RUN", nargs="?", help="the run (or --all)")
+    p.add_argument("--all", action="store_true", help="every finished or failed run of the store")
+    p.set_defaults(handler=cmd_compact)
 
     p = command(
         "resume",

@@ -194,10 +194,11 @@ def take_from_run(
     missing = without(wanted, have)
     damaged: list[Path] = []
     pairs, where = reusable_elements(origin, outputs, np.atleast_1d(keys), missing, damaged)
-    for path in damaged if log is not None else []:
+    for path in damaged:
         loc = where.get(path.parent.name)
         held = loc.held_by(path.name) if loc is not None else np.empty(0, np.int64)
         what = f"elements {compress(held)} of that run" if len(held) else "its element"
-        log(f"{path} is damaged (truncated or overwritten): {what} are computed again")
+        if log is not None:
+            log(f"{path} is damaged (truncated or overwritten): {what} are computed again")
     link_elements(origin, step_dir, where, pairs, index)
     return len(pairs)
