@@ -261,11 +261,14 @@ def locate(
     folder: str | os.PathLike[str], size: int | None = None, fresh: bool = False
 ) -> Locations:
     """Where the elements of ``folder`` are: its index when complete, else the index and
-    one listing of the folder (made current first when ``fresh``: see
-    ``files.refresh_folder``).  ``size``: the array's number of elements, if known."""
+    one listing of the folder.  ``size``: the array's number of elements, if known.
+
+    ``fresh``: what the folder holds now, whatever the index says (a resume: tasks of the
+    stopped driver may have written files after its index), from a listing made current
+    first (``files.refresh_folder``)."""
     folder = Path(folder)
     index = _load_index(folder)
-    if index is not None and index.complete:
+    if index is not None and index.complete and not fresh:
         loc = index.copy()
         loc.grow(size or 0)
         return loc

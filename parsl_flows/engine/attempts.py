@@ -136,13 +136,15 @@ class StepAttempts(MappedInputs):
         todo = without(wanted, have)
         if len(have) and not st.reused_from:
             log(f"{len(have)} of {len(wanted)} elements are already in the store (resumed)")
+        ended = False
         try:
             codes, messages, exhausted, succeeded = self._attempts(
                 node, st, params, shape, todo, log, index
             )
+            ended = True
         finally:  # an interrupted run keeps its keys too: a restart reuses what it has
             if index is not None:
-                index.save()
+                index.save(complete=ended)  # stopped: its tasks in flight may still write
             if keys_later is not None:
                 try:
                     keys = keys_later.result()
@@ -246,7 +248,7 @@ class StepAttempts(MappedInputs):
             if index is not None:
                 index.retrying(todo)
                 if tries.any():
-                    index.save()  # an attempt ended: a killed driver's resume starts here
+                    index.save(complete=False)  # an attempt ended; the next one writes on
             else:
                 remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
             self._save(st)

@@ -116,9 +116,13 @@ class StepIndex:
                 remove_element(os.fspath(self.step_dir / "exception"), n)
         self.failures.drop(todo)
 
-    def save(self) -> None:
-        """Write the index of each folder (a full store: readers list the folders)."""
+    def save(self, complete: bool = True) -> None:
+        """Write the index of each folder (a full store: readers list the folders).
+
+        ``complete=False`` while tasks may still write (a step stopped with tasks in
+        flight): readers then list the folders too."""
         for loc in (*self.values.values(), self.failures):
+            loc.complete = complete
             if not loc.names and not (loc.file == OWN).any() and not loc.folder.exists():
                 continue  # nothing there: no folder made for an index of nothing
             try:
