@@ -115,8 +115,8 @@ def write_element(folder: str, k: int, value: Any) -> None:
 
 
 def read_element(folder: str, k: int) -> Any:
-    """Element ``k`` of ``folder`` exactly as a parsl_flows worker reads it."""
-    return element_folders.load_elements(folder, [k], threads=1)[0]
+    """Element ``k`` of ``folder``, its own file, as parsl_flows reads an element file."""
+    return files._read_batch(folder, [k])[0]
 
 
 def e_element(x: float, y: float, boxed: bool, folder: str, k: int) -> str:
