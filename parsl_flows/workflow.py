@@ -366,6 +366,16 @@ class Builder:
     def __repr__(self) -> str:
         return f"<Builder {self.workflow.name!r} with inputs {', '.join(self.kwargs)}>"
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``builder.x = ...`` would otherwise be kept and ignored: the run would use the old x.
+        if name not in ("workflow", "kwargs", "restarted_from"):
+            where = "an input" if name in getattr(self, "kwargs", {}) else "no input"
+            raise AttributeError(
+                f"a Builder has no attribute {name!r} ({where} of that name): set inputs "
+                f"as builder.kwargs.{name} = ..."
+            )
+        super().__setattr__(name, value)
+
 
 def build(workflow: Workflow, **inputs: Any) -> Builder:
     """Pair a plan (given an environment with ``.on(env)``) with its inputs, checked now.

@@ -756,6 +756,16 @@ def test_builder_kwargs_unknown_attribute():
         builder.kwargs.nope
 
 
+def test_an_input_set_on_the_builder_itself_is_refused_with_the_right_spelling():
+    builder = build(sf.total_flow.on("env"), **inputs_for(sf.total_flow))
+    with pytest.raises(AttributeError, match=r"an input of that name\): set inputs as builder"):
+        builder.V_left = [0.1]  # would be kept and ignored by the run
+    with pytest.raises(AttributeError, match=r"no input of that name"):
+        builder.nope = 1
+    assert "V_left" not in vars(builder) and "nope" not in vars(builder)
+    builder.restarted_from = "run-1"  # the builder's own fields stay settable
+
+
 def test_build_does_not_run_anything():
     calls = []
 
