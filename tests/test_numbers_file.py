@@ -260,19 +260,15 @@ def test_a_map_claims_only_the_files_its_tasks_wrote(tmp_path: Path) -> None:
     # numbers do not hold: the numbers file must not say it covers the folder then.
     from parsl_flows.engine.inputs import MappedInputs
 
-    class Inputs(MappedInputs):
-        def __init__(self) -> None:
-            self._values, self._presence = {}, {}
-
     folder = an_output(tmp_path, [1.0, 2.0, 3.0])
-    inputs = Inputs()
+    inputs = MappedInputs()
     kept, succeeded = np.array([0]), np.array([1, 2])
-    noted = inputs._note_present(folder.parent.parent, ["y"], 3, kept, succeeded)
+    noted = inputs.note_present(folder.parent.parent, ["y"], 3, kept, succeeded)
     assert noted["y"].tolist() == [True, True, True]
-    assert inputs._present(folder, 3) is noted["y"]  # no listing: what the map's end noted
-    assert inputs._holds_every(folder, np.array([2, 0, 1]))
-    assert not inputs._holds_every(folder, np.array([1, 2]))  # 0 came from before
-    assert not inputs._holds_every(tmp_path / "never-noted", np.array([0]))
+    assert inputs.present(folder, 3) is noted["y"]  # no listing: what the map's end noted
+    assert inputs.holds_every(folder, np.array([2, 0, 1]))
+    assert not inputs.holds_every(folder, np.array([1, 2]))  # 0 came from before
+    assert not inputs.holds_every(tmp_path / "never-noted", np.array([0]))
     write_numbers(folder, np.array([1, 2]), np.array([2.0, 3.0]), "builtins.float")
     assert not read_numbers(folder, 3).complete
     assert FileBasedObjectArray(folder, (3,)).to_array().tolist() == [1.0, 2.0, 3.0]

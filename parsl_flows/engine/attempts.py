@@ -1,26 +1,26 @@
 """Running one step: which elements to compute, then its attempts, as its policy allows.
 
-A mixin of :class:`~parsl_flows.engine.orchestrator.Execution`: what exists already (in
-the store, or reusable from an earlier run) is taken, the rest is submitted
-(``engine/tasks.py`` follows the tasks), and failed elements are submitted again while
-the step's ``max_restarts`` and ``retry_on`` allow.
+A :class:`StepExecution` is made for each step the run executes, with what it needs of
+the run (a :class:`RunContext`) and state of its own (its folder, its log, its map's
+index): what exists already (in the store, or reusable from an earlier run) is taken,
+the rest is submitted (``engine/tasks.py`` follows the tasks), and failed elements are
+submitted again while the step's ``max_restarts`` and ``retry_on`` allow.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..mapspec import MapSpec, MapSpecError
+from ..mapspec import MapSpecError
 from ..numbers_file import forget_numbers
 from ..ranges import common, compress, unique_indices, without
 from ..status import StepStatus
@@ -31,6 +31,7 @@ from .datasets import dataset_writer
 from .hashing import KeyBook, combine
 from .inputs import MappedInputs
 from .numbers_back import NumbersBack
+from .outcomes import exit_code_of, log_call_outcome, log_map_outcome
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
 from .step_index import StepIndex, drop_damaged_results
@@ -46,22 +47,12 @@ from .worker import (
     TaskSpec,
 )
 
-__all__ = ["INFRA_RETRIES", "StepAttempts", "exit_code_of"]
+__all__ = ["INFRA_RETRIES", "RunContext", "StepExecution"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_LOGGED_FAILURES = 10
 #: Extra attempts for an element lost to infrastructure failures, beyond the user's budget.
 INFRA_RETRIES = 3
-
-
-def exit_code_of(codes: Iterable[int]) -> int:
-    """A step's exit code from its elements': 401 if any raised, else 403, else 402, else 0."""
-    seen = set(codes)
-    for code in (USER_ERROR, MISSING_OUTPUT, INFRASTRUCTURE):
-        if code in seen:
-            return code
-    return OK
 
 
 #: Where maps' element keys are worked out while their elements run (maps side by side
@@ -69,32 +60,38 @@ def exit_code_of(codes: Iterable[int]) -> int:
 _KEYS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="element-keys")
 
 
-class StepAttempts(MappedInputs):
-    """Runs the elements of one step (mixed into ``Execution``, which provides these)."""
+@dataclass
+class RunContext:
+    """What a step's execution takes from its run (``Execution``), and nothing else."""
 
-    keys: KeyBook
-    reuse_from: Path | None
-    stopping: threading.Event
-    step_dir: Callable[[StepStatus], Path]
-    step_log: Callable[[StepStatus], Callable[[str], None]]
-    _save: Callable[[StepStatus], None]
-    _check_stop: Callable[[], None]
-    _note_helpers: Callable[[], None]
+    keys: KeyBook  # the reuse keys of the run's values and outputs
+    reuse_from: Path | None  # the run a restart reuses results of
+    mapped: MappedInputs  # the run's input values and maps' presence
     #: Per map, the numbers its workers sent back, until its dataset.nc is written.
     numbers_back: dict[str, NumbersBack]
+    save: Callable[[StepStatus], None]  # write a step's status.json
+    check_stop: Callable[[], None]  # raises when the run is told to stop
+    note_helpers: Callable[[], None]  # record Parsl's processes and jobs in the lock
 
-    def _execute_elements(
-        self, node: Call, st: StepStatus, params: dict[str, Source]
-    ) -> dict[str, Source]:
+
+class StepExecution:
+    """Runs the elements of one step, in ``step_dir``, logging to ``log``."""
+
+    def __init__(self, run: RunContext, step_dir: Path, log: Callable[[str], None]) -> None:
+        self.run, self.step_dir, self.log = run, step_dir, log
+
+    def execute(self, node: Call, st: StepStatus, params: dict[str, Source]) -> dict[str, Source]:
         """Work out which elements to compute, take what exists, compute the rest."""
-        step_dir = self.step_dir(st)
-        log = self.step_log(st)
+        step_dir, log = self.step_dir, self.log
         if isinstance(node, Map):
             for out in node.outputs:  # its elements may change now: their files are the truth
                 forget_numbers(step_dir / "return_values" / out)
             try:
                 shape = node.mapspec.shape(
-                    {a.name: self._shape_of(params[a.name], a) for a in node.mapspec.inputs}
+                    {
+                        a.name: self.run.mapped.shape_of(params[a.name], a)
+                        for a in node.mapspec.inputs
+                    }
                 )
             except (MapSpecError, ValueError) as e:
                 st.exit_code = USER_ERROR
@@ -102,7 +99,9 @@ class StepAttempts(MappedInputs):
                 log(st.message)
                 return {}
             st.shape = list(shape)
-            wanted = np.flatnonzero(self._submittable(node.mapspec, params, shape).ravel())
+            wanted = np.flatnonzero(
+                self.run.mapped.submittable(node.mapspec, params, shape).ravel()
+            )
             total = int(np.prod(shape, dtype=np.int64))
             st.n_inputs_masked = total - len(wanted)
             if total and not len(wanted):
@@ -116,7 +115,7 @@ class StepAttempts(MappedInputs):
         # reuse an earlier run's results; otherwise they are worked out beside the map.
         keys_later: Future[np.ndarray | None] | None = None
         keys: np.ndarray | None = None
-        if isinstance(node, Map) and self.reuse_from is None:
+        if isinstance(node, Map) and self.run.reuse_from is None:
             keys_later = _KEYS.submit(self._element_keys, node, params, shape, log)
         else:
             keys = self._element_keys(node, params, shape, log)
@@ -156,15 +155,15 @@ class StepAttempts(MappedInputs):
                     np.save(step_dir / KEYS_FILE, keys)
         st.exit_code = 410 if exhausted else exit_code_of(codes.values())
         if isinstance(node, Map):
-            self._log_map_outcome(log, st, shape, codes, messages)
+            log_map_outcome(log, st, shape, codes, messages)
         else:
-            self._log_call_outcome(log, st, codes.get(0, OK), messages.get(0, ""))
+            log_call_outcome(log, st, codes.get(0, OK), messages.get(0, ""))
         if isinstance(node, Map):
             if st.n_done == 0 and total:
-                self.keys.array.update({out: None for out in node.outputs})
+                self.run.keys.array.update({out: None for out in node.outputs})
                 return {}
-            present = self._note_present(step_dir, node.outputs, total, have, succeeded)
-            self.keys.note_map_outputs(node.outputs, present, keys)
+            present = self.run.mapped.note_present(step_dir, node.outputs, total, have, succeeded)
+            self.run.keys.note_map_outputs(node.outputs, present, keys)
             return {
                 out: Source("array", str(step_dir / "return_values" / out), shape)
                 for out in node.outputs
@@ -172,7 +171,7 @@ class StepAttempts(MappedInputs):
         if st.exit_code != OK:
             return {}
         for out in node.outputs:
-            self.keys.value[out] = None if keys is None else combine(keys.tobytes(), out)
+            self.run.keys.value[out] = None if keys is None else combine(keys.tobytes(), out)
         return {
             out: Source("value", str(element_path(step_dir / "return_values" / out, 0)))
             for out in node.outputs
@@ -195,7 +194,7 @@ class StepAttempts(MappedInputs):
         Returns the final code and message of each element that failed, whether some
         element used up its budget, and the elements that succeeded (as their tasks said).
         """
-        step_dir = self.step_dir(st)
+        step_dir = self.step_dir
         spec = str(node.mapspec) if isinstance(node, Map) else None
         fixed: int | None = 1  # a plain call: one task of one element
         if isinstance(node, Map):
@@ -251,15 +250,15 @@ class StepAttempts(MappedInputs):
                     index.save(complete=False)  # an attempt ended; the next one writes on
             else:
                 remove_exceptions(step_dir / "exception", todo, again=bool(tries.any()))
-            self._save(st)
+            self.run.save(st)
             lone = common(todo, np.fromiter(suspects, dtype=np.int64, count=len(suspects)))
             alone: list[tuple[int, ...]] = [(n,) for n in lone.tolist()]
             rest = without(todo, lone)
             tasks = StepTasks(
                 st,
-                self._check_stop,
-                lambda: self._save(st),
-                self._note_helpers,
+                self.run.check_stop,
+                lambda: self.run.save(st),
+                self.run.note_helpers,
                 log,
                 index,
                 step_dir,
@@ -313,7 +312,7 @@ class StepAttempts(MappedInputs):
         )
         failed_codes = {int(n): int(final[n]) for n in np.flatnonzero(failed)}
         if isinstance(node, Map):
-            self.numbers_back[st.name] = numbers
+            self.run.numbers_back[st.name] = numbers
         succeeded = np.flatnonzero(final == OK)
         return failed_codes, {n: messages[n] for n in failed_codes}, exhausted, succeeded
 
@@ -347,8 +346,8 @@ class StepAttempts(MappedInputs):
         log: Callable[[str], None],
     ) -> np.ndarray | None:
         """The reuse key of every element (a 0-d array for a plain call), or None."""
-        keys, why = self.keys.node_keys(node, params, shape, self._value)
-        if keys is None and self.reuse_from is not None:
+        keys, why = self.run.keys.node_keys(node, params, shape, self.run.mapped.value)
+        if keys is None and self.run.reuse_from is not None:
             log(f"results of this step cannot be reused later: {why}")
         return keys
 
@@ -362,55 +361,16 @@ class StepAttempts(MappedInputs):
         index: StepIndex | None = None,
     ) -> None:
         """Link matching results of the run this one restarts from."""
-        if self.reuse_from is None or keys is None:
+        if self.run.reuse_from is None or keys is None:
             return
         taken = take_from_run(
-            self.reuse_from, node.name, list(node.outputs), self.step_dir(st), keys, wanted, index,
+            self.run.reuse_from, node.name, list(node.outputs), self.step_dir, keys, wanted, index,
             log,
         )  # fmt: skip
         if taken is None:
             return
         if not taken:
-            log(f"nothing to reuse from run {self.reuse_from.name} (code or inputs changed)")
+            log(f"nothing to reuse from run {self.run.reuse_from.name} (code or inputs changed)")
             return
-        st.reused_from = self.reuse_from.name
-        log(f"reused {taken} of {len(wanted)} elements from run {self.reuse_from.name}")
-
-    # -- logs ------------------------------------------------------------------------------
-
-    def _log_call_outcome(
-        self, log: Callable[[str], None], st: StepStatus, code: int, message: str
-    ) -> None:
-        if st.exit_code == OK:
-            log(f"finished: outputs {', '.join(st.outputs)} written")
-            return
-        what = {
-            USER_ERROR: "User code raised an Exception",
-            MISSING_OUTPUT: "User code did not return every declared output",
-            INFRASTRUCTURE: "The task was lost to an infrastructure failure",
-        }.get(code, "failed")
-        st.message = message or what
-        log(f"{what} (exit code {st.exit_code}): {st.message}\nreturned the 'exception' output")
-
-    def _log_map_outcome(
-        self,
-        log: Callable[[str], None],
-        st: StepStatus,
-        shape: tuple[int, ...],
-        codes: dict[int, int],
-        messages: dict[int, str],
-    ) -> None:
-        log(
-            f"{st.n_done} elements succeeded ({st.n_reused} of them taken from the store), "
-            f"{st.n_failed} failed in user code, {st.n_infra} lost to infrastructure failures"
-        )
-        failed = sorted(n for n, c in codes.items() if c != OK)
-        if not failed:
-            return
-        kinds = Counter(messages[n].split(":", 1)[0] for n in failed)
-        log("failures by type: " + ", ".join(f"{c} x {k}" for k, c in kinds.most_common()))
-        for n in failed[:_MAX_LOGGED_FAILURES]:
-            log(f"  element {n} {MapSpec.output_key(n, shape)}: {messages[n]}")
-        if len(failed) > _MAX_LOGGED_FAILURES:
-            more = len(failed) - _MAX_LOGGED_FAILURES
-            log(f"  ... and {more} more (see the exception output)")
+        st.reused_from = self.run.reuse_from.name
+        log(f"reused {taken} of {len(wanted)} elements from run {self.run.reuse_from.name}")

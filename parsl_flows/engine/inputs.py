@@ -1,7 +1,8 @@
 """What a map's inputs allow: their shapes, where they have values, which elements can run.
 
-A mixin of :class:`~parsl_flows.engine.orchestrator.Execution` (through ``StepAttempts``).
-An element can run when every mapped input it reads has a value there: a masked element
+One object per run (``Execution.mapped``), shared by its steps: it keeps the input values
+already loaded and which elements of each finished map exist.  An element can run when
+every mapped input it reads has a value there: a masked element
 of an upstream map, or of a masked-array input, leaves it out.
 """
 
@@ -22,40 +23,45 @@ __all__ = ["MappedInputs"]
 
 
 class MappedInputs:
-    """Shapes and masks of a step's mapped inputs (mixed into ``Execution``)."""
+    """Shapes and masks of the steps' mapped inputs, for one run (see module)."""
 
-    _values: dict[str, Any]  # value files already in memory (the inputs)
-    #: Output folder of a finished map -> which elements have a file (flat).
-    _presence: dict[str, np.ndarray]
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
+        #: Output folder of a finished map -> which elements have a file (flat).
+        self._presence: dict[str, np.ndarray] = {}
 
-    def _value(self, src: Source) -> Any:
+    def remember(self, path: str, value: Any) -> None:
+        """The value of the file ``path`` is ``value`` (already in memory: no load)."""
+        self._values[path] = value
+
+    def value(self, src: Source) -> Any:
         if src.path not in self._values:
             self._values[src.path] = load_pickle(Path(src.path))
         return self._values[src.path]
 
-    def _shape_of(self, src: Source, arr: ArraySpec) -> tuple[int, ...]:
+    def shape_of(self, src: Source, arr: ArraySpec) -> tuple[int, ...]:
         if src.kind == "array":
             return src.shape
-        return mapped_shape(self._value(src), arr.rank)
+        return mapped_shape(self.value(src), arr.rank)
 
-    def _present_mask(self, src: Source, arr: ArraySpec) -> np.ndarray | None:
+    def present_mask(self, src: Source, arr: ArraySpec) -> np.ndarray | None:
         """Where ``arr``'s input has a value, over its ``rank`` mapped axes (None: everywhere)."""
         if src.kind == "array":
             assert src.shape is not None
             size = int(np.prod(src.shape, dtype=np.int64))
-            present = self._present(Path(src.path), size).reshape(src.shape)
+            present = self.present(Path(src.path), size).reshape(src.shape)
         else:
-            value = self._value(src)
+            value = self.value(src)
             if not isinstance(value, np.ma.MaskedArray):
                 return None
             present = ~np.ma.getmaskarray(value)
         extra = tuple(range(arr.rank, present.ndim))
         return np.asarray(present.any(axis=extra) if extra else present)
 
-    def _present(self, folder: Path, size: int) -> np.ndarray:
+    def present(self, folder: Path, size: int) -> np.ndarray:
         """Which of ``size`` elements have a file in a finished map's output ``folder``.
 
-        What the map's end noted (:meth:`_note_present`), which every map of this run
+        What the map's end noted (:meth:`note_present`), which every map of this run
         does; else one listing of the folder.  That listing is not made current
         (``files.refresh_folder`` changes the folder, which would set its numbers file
         aside): no map's output reaches here without its end having noted it.
@@ -68,7 +74,7 @@ class MappedInputs:
             self._presence[key] = present
         return self._presence[key]
 
-    def _note_present(
+    def note_present(
         self,
         step_dir: Path,
         outputs: Iterable[str],
@@ -92,18 +98,18 @@ class MappedInputs:
             self._presence[str(step_dir / "return_values" / out)] = present
         return {out: present for out in outputs}
 
-    def _holds_every(self, folder: Path, indices: np.ndarray) -> bool:
+    def holds_every(self, folder: Path, indices: np.ndarray) -> bool:
         """Are ``indices`` every element with a file in ``folder``, as its map's end noted?"""
         present = self._presence.get(str(folder))
         return present is not None and np.array_equal(np.sort(indices), np.flatnonzero(present))
 
-    def _submittable(
+    def submittable(
         self, spec: MapSpec, params: dict[str, Source], shape: tuple[int, ...]
     ) -> np.ndarray:
         """Elements whose mapped inputs all exist (``:`` axes need one present value)."""
         out = np.ones(shape, dtype=bool)
         for arr in spec.inputs:
-            present = self._present_mask(params[arr.name], arr)
+            present = self.present_mask(params[arr.name], arr)
             if present is None:
                 continue
             whole = tuple(k for k, a in enumerate(arr.axes) if a is None)

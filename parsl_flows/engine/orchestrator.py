@@ -26,10 +26,12 @@ from ..status import RunRecord, StepStatus
 from ..store import refresh_folder
 from ..workflow import Call, Map, Workflow
 from . import stopping
-from .attempts import StepAttempts, exit_code_of
+from .attempts import RunContext, StepExecution
 from .datasets import dataset_writer
 from .hashing import KeyBook, value_key
+from .inputs import MappedInputs
 from .numbers_back import NumbersBack
+from .outcomes import exit_code_of
 from .runner import runner
 from .tasks import STOP_POLL_SECONDS
 from .worker import (
@@ -70,7 +72,7 @@ class StepLog:
         logger.info("%s%s", self.prefix, message)
 
 
-class Execution(StepAttempts):
+class Execution:
     """One run being carried out by this driver (a new run, a resumed one, or a restart)."""
 
     def __init__(
@@ -97,8 +99,7 @@ class Execution(StepAttempts):
         self.keys = KeyBook()
         self.numbers_back: dict[str, NumbersBack] = {}
         self._helpers_seen: tuple[Any, ...] | None = None  # what _note_helpers last recorded
-        self._values: dict[str, Any] = {}  # value files already in memory (the inputs)
-        self._presence: dict[str, np.ndarray] = {}  # which elements of maps' outputs exist
+        self.mapped = MappedInputs()  # the inputs' values, which elements of maps exist
         self.done = threading.Event()
         self.stopping = threading.Event()
         self.stop_reason = ""
@@ -211,7 +212,7 @@ class Execution(StepAttempts):
             for name in self.inputs
         }
         for name, value in self.inputs.items():
-            self._values[sources[name].path] = value
+            self.mapped.remember(sources[name].path, value)
             self.keys.value[name], why = value_key(value)
             if why:
                 self.keys.why[name] = why
@@ -298,7 +299,7 @@ class Execution(StepAttempts):
             folder = step_dir / "return_values" / out
             try:
                 if out in known and kinds.get(out) in KINDS:
-                    every = self._holds_every(folder, known[out][0])
+                    every = self.mapped.holds_every(folder, known[out][0])
                     write_numbers(folder, *known[out], kinds[out], complete=every)
             except OSError as e:  # a full store: readers take the element files
                 logger.warning("cannot keep the numbers of %s: %s", folder, e)
@@ -323,7 +324,12 @@ class Execution(StepAttempts):
         self._save(st)
         self.log(f"step {node.name} started")
         try:
-            produced = self._execute_elements(node, st, params)
+            context = RunContext(
+                self.keys, self.reuse_from, self.mapped, self.numbers_back,
+                self._save, self._check_stop, self._note_helpers,
+            )  # fmt: skip
+            step = StepExecution(context, self.step_dir(st), self.step_log(st))
+            produced = step.execute(node, st, params)
         except RunInterrupted:
             self._save(st)  # the counts so far; the step stays unfinished
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +20,7 @@ from ..mapspec import MapSpec
 from ..numbers_file import KnownNumbers, read_numbers
 from ..shapes import as_element_array, as_mapped_array
 from ..store import FileBasedObjectArray, load_pickle
-
-if TYPE_CHECKING:
-    from .worker import Source, TaskSpec
+from .task_spec import Source, TaskSpec
 
 __all__ = ["cached_load", "mapped_getters", "whole"]
 
