@@ -10,8 +10,10 @@ from typing import Any
 
 from . import engine, mapspec, report, workflow
 from .engine import execution_environment
+from .errors import InfrastructureError, OutOfMemoryError
 from .launch import run, submit
 from .mapspec import MapSpec
+from .preview import preview
 from .run import Run, StepRun, load_run
 from .step import Step, step
 from .store import FileBasedObjectArray
@@ -33,7 +35,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FileBasedObjectArray",
+    "InfrastructureError",
     "MapSpec",
+    "OutOfMemoryError",
     "Run",
     "Step",
     "StepRun",
@@ -48,6 +52,7 @@ __all__ = [
     "map_",
     "mapspec",
     "new_workflow",
+    "preview",
     "report",
     "run",
     "step",

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engine.orchestrator import Execution
 from .engine.submit import resume
 from .lock import driver_alive
+from .reproduce import reproduce_element
+from .selection import select_elements
 from .status import FINAL_RUN_STATES, RunRecord, StepStatus
 from .store import FileBasedObjectArray, default_store, element_path, load_pickle, present_indices
 from .workflow import Builder, Inputs, Workflow
@@ -153,11 +155,39 @@ class StepRun:
             )
         return Namespace(f"step {rec.name!r}", entries)
 
+    def reproduce(self, **where: Any) -> Any:
+        """Run one element again in this process, with the inputs it had; for debugging.
+
+        ``where`` names it by swept values (``V_left=0.3, V_right=-0.1``), index labels
+        (``a=2, b=7``) or flat index (``n=47``); a plain step takes none.  A failed
+        element raises its exception (``%debug`` and ``pdb`` work); else its value is
+        returned.  Nothing is written to the store.
+        """
+        return reproduce_element(self.path.parents[1], self.name, where)
+
     def dataset(self) -> xr.Dataset:
         """This map step's results as an ``xarray.Dataset`` (see ``parsl_flows.dataset``)."""
         from .dataset import step_dataset
 
         return step_dataset(self)
+
+    def plot(
+        self,
+        *,
+        ax: Any = None,
+        path: str | os.PathLike[str] | None = None,
+        max_panels: int = 16,
+        figsize: tuple[float, float] | None = None,
+    ) -> Any:
+        """Draw where this map's elements worked, failed (by exception type), never ran,
+        or were reused: a strip (1-D), a heat map (2-D), or panels (more), with the swept
+        values on the axes.  Returns the matplotlib Figure; ``ax=`` draws into given
+        axes, ``path=`` also saves the picture.  Needs matplotlib
+        (``pip install "parsl_flows[plot]"``); see :mod:`parsl_flows.outcome_plot`.
+        """
+        from .outcome_plot import plot_outcome
+
+        return plot_outcome(self, ax=ax, path=path, max_panels=max_panels, figsize=figsize)
 
     def __repr__(self) -> str:
         rec = self.record
@@ -283,13 +313,21 @@ class Run:
             }
         )
 
-    def get_builder_restart(self) -> Builder:
+    def get_builder_restart(self, recompute: Mapping[str, Any] | None = None) -> Builder:
         """A builder with this run's plan and inputs; edit ``.kwargs`` and submit it.
 
         Submitting it reuses every result of this run whose code and inputs did not change
-        (``flows.submit(builder, reuse=False)`` recomputes everything).
+        (``flows.submit(builder, reuse=False)`` recomputes everything).  ``recompute``
+        names elements to compute again all the same, per step: ``"failed"``, an
+        exception type, a boolean array or ``DataArray`` over the step's coordinates, a
+        dict of labels or label slices (``{"V_left": slice(0.3, None)}``) or ``"all"``;
+        every element downstream that reads them is computed again too.
         """
-        return Builder(self.plan, self.inputs, restarted_from=str(self.path))
+        chosen = {
+            name: select_elements(self.step(name).path, selection)
+            for name, selection in (recompute or {}).items()
+        }
+        return Builder(self.plan, self.inputs, restarted_from=str(self.path), recompute=chosen)
 
     def resume(self) -> Run:
         """Carry on a run whose driver died: compute only what is not in the store yet.

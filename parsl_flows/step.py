@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, overload
 
-__all__ = ["Resources", "Step", "step"]
+__all__ = ["Resources", "RetryResources", "Step", "step"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
@@ -96,6 +96,88 @@ class Resources:
         return any(v is not None for v in (self.cores, self.memory_mb, self.walltime_s))
 
 
+@dataclass(frozen=True)
+class RetryResources:
+    """How a step's memory grows with its attempts, as Nextflow's ``task.attempt`` does.
+
+    Built from ``retry_resources=`` of :func:`step`: ``{"memory": 2}`` multiplies the
+    step's ``resources`` memory by 2 on each attempt (attempt ``k`` gets
+    ``memory * 2 ** (k - 1)``); ``{"memory": lambda attempt: ...}`` gives the memory of
+    each attempt (1-based, the first included) as ``"8GB"`` or MB.  Only a step that
+    asks for it has elements that ran out of memory retried (see the README).
+
+    >>> RetryResources.from_dict({"memory": 2}, Resources(memory_mb=1024), "f").memory_mb(1024, 3)
+    4096
+    """
+
+    memory_factor: float | None = None
+    memory_of_attempt: Callable[[int], Any] | None = None
+
+    @classmethod
+    def from_dict(
+        cls, retry: Mapping[str, Any] | None, resources: Resources, owner: str
+    ) -> RetryResources:
+        if retry is None:
+            return cls()
+        how = (
+            "retry_resources={'memory': 2} (the memory times 2 on each attempt) or "
+            "{'memory': lambda attempt: f'{4 * attempt}GB'}"
+        )
+        if not isinstance(retry, Mapping):
+            raise TypeError(f"retry_resources of step {owner!r} must be a dict such as {how}")
+        unknown = sorted(set(retry) - {"memory"})
+        if unknown:
+            raise ValueError(
+                f"step {owner!r}: retry_resources cannot grow {', '.join(map(repr, unknown))}; "
+                f"only 'memory' grows with attempts: {how}"
+            )
+        memory = retry.get("memory")
+        if callable(memory):
+            try:  # the first attempt's memory, checked now rather than after hours of running
+                parse_memory(memory(1), owner)
+            except Exception as e:
+                raise ValueError(
+                    f"step {owner!r}: retry_resources['memory'] must return memory such as "
+                    f"'8GB' or MB as a number for an attempt number (1, 2, ...), but for "
+                    f"attempt 1 it gave: {type(e).__name__}: {e}"
+                ) from None
+            return cls(memory_of_attempt=memory)
+        if isinstance(memory, bool) or not isinstance(memory, int | float) or memory <= 0:
+            raise ValueError(
+                f"step {owner!r}: retry_resources['memory'] must be a factor > 0 or a "
+                f"function of the attempt number, not {memory!r}: {how}"
+            )
+        if resources.memory_mb is None:
+            raise ValueError(
+                f"step {owner!r}: retry_resources={{'memory': {memory!r}}} multiplies the "
+                "step's memory, but its resources give none; add resources={'memory': '4GB'}"
+            )
+        return cls(memory_factor=float(memory))
+
+    def memory_mb(self, base_mb: int | None, attempt: int) -> int | None:
+        """The memory (MB) of attempt ``attempt`` (1-based) of a step asking ``base_mb``."""
+        if self.memory_of_attempt is not None:
+            memory = self.memory_of_attempt(attempt)
+            try:
+                return parse_memory(memory)
+            except ValueError:
+                raise ValueError(
+                    f"retry_resources['memory'] gave {memory!r} for attempt {attempt}; it must "
+                    "return memory such as '8GB' or MB as a number"
+                ) from None
+        if self.memory_factor is None or base_mb is None:
+            return base_mb
+        return max(1, math.ceil(base_mb * self.memory_factor ** (attempt - 1)))
+
+    def __bool__(self) -> bool:
+        return self.memory_factor is not None or self.memory_of_attempt is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.memory_of_attempt is not None:
+            return {"memory": self.memory_of_attempt}
+        return {} if self.memory_factor is None else {"memory": self.memory_factor}
+
+
 def parse_memory(memory: Any, owner: str = "?") -> int:
     """``"4GB"`` -> 4096 (MB).  A bare number is taken as MB."""
     if isinstance(memory, int | float) and not isinstance(memory, bool) and memory > 0:
@@ -135,15 +217,20 @@ class Step:
     """A function marked as a workflow step; build one with :func:`step`.
 
     Attributes: ``name``, ``parameters`` (names, in signature order), ``returns`` (output
-    names), ``resources`` (:class:`Resources`), ``callable`` (the raw function), and
-    ``defaults`` (parameters that have default values).
+    names), ``resources`` (:class:`Resources`), ``retry_resources``
+    (:class:`RetryResources`: how memory grows with attempts), ``callable`` (the raw
+    function), and ``defaults`` (parameters that have default values).
     """
+
+    #: Steps pickled before ``retry_resources`` existed (stored plans) have none.
+    retry_resources: RetryResources = RetryResources()
 
     def __init__(
         self,
         func: Callable[..., Any],
         returns: str | tuple[str, ...] = "_return_value",
         resources: Mapping[str, Any] | None = None,
+        retry_resources: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(func, Step):
             func = func.callable
@@ -154,6 +241,7 @@ class Step:
         self.returns = _check_returns(returns, self.name)
         self.parameters, self.defaults = _check_signature(func, self.name)
         self.resources = Resources.from_dict(resources, self.name)
+        self.retry_resources = RetryResources.from_dict(retry_resources, self.resources, self.name)
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -161,6 +249,8 @@ class Step:
 
     def __repr__(self) -> str:
         res = f", resources={self.resources.as_dict()}" if self.resources else ""
+        if self.retry_resources:
+            res += f", retry_resources={self.retry_resources.as_dict()}"
         return f"step({self.name}({', '.join(self.parameters)}) -> {', '.join(self.returns)}{res})"
 
     def output_values(self, result: Any) -> dict[str, Any]:
@@ -241,6 +331,7 @@ def step(
     *,
     returns: str | tuple[str, ...] = ...,
     resources: Mapping[str, Any] | None = ...,
+    retry_resources: Mapping[str, Any] | None = ...,
 ) -> Step: ...
 
 
@@ -250,6 +341,7 @@ def step(
     *,
     returns: str | tuple[str, ...] = ...,
     resources: Mapping[str, Any] | None = ...,
+    retry_resources: Mapping[str, Any] | None = ...,
 ) -> Callable[[Callable[..., Any]], Step]: ...
 
 
@@ -258,14 +350,20 @@ def step(
     *,
     returns: str | tuple[str, ...] = "_return_value",
     resources: Mapping[str, Any] | None = None,
+    retry_resources: Mapping[str, Any] | None = None,
 ) -> Step | Callable[[Callable[..., Any]], Step]:
     """Mark a function as a workflow step.
 
     Use as ``@step``, ``@step(returns="geo")`` or ``step(f, returns=("a", "b"))``.
     ``returns`` names the outputs; a tuple means the function returns a tuple of that
     many values.  ``resources`` (``cores``, ``memory``, ``walltime``) tells the engine
-    where each call must run.
+    where each call must run, and holds each call and element to its memory and walltime.
+    ``retry_resources={"memory": 2}`` (or a function of the attempt number) gives each
+    attempt more memory, and retries elements that ran out of it (see
+    :class:`RetryResources`).
     """
     if func is None:
-        return lambda f: Step(f, returns=returns, resources=resources)
-    return Step(func, returns=returns, resources=resources)
+        return lambda f: Step(
+            f, returns=returns, resources=resources, retry_resources=retry_resources
+        )
+    return Step(func, returns=returns, resources=resources, retry_resources=retry_resources)

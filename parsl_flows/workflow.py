@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .nodes import Call, Concurrently, Map, _as_node, _check_restarts, concurrently, map_
@@ -358,6 +358,9 @@ class Builder:
     workflow: Workflow
     kwargs: Inputs
     restarted_from: str | None = None  # the run whose results a restart may reuse
+    #: Per step, elements (flat indices) not to reuse from ``restarted_from``: computed
+    #: again, with every element downstream that reads them (``get_builder_restart``).
+    recompute: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> dict[str, tuple[int, ...]]:
         """Check the inputs against the plan; return the shape of every map output."""
@@ -368,7 +371,7 @@ class Builder:
 
     def __setattr__(self, name: str, value: Any) -> None:
         # ``builder.x = ...`` would otherwise be kept and ignored: the run would use the old x.
-        if name not in ("workflow", "kwargs", "restarted_from"):
+        if name not in ("workflow", "kwargs", "restarted_from", "recompute"):
             where = "an input" if name in getattr(self, "kwargs", {}) else "no input"
             raise AttributeError(
                 f"a Builder has no attribute {name!r} ({where} of that name): set inputs "

@@ -35,6 +35,9 @@ from parsl_flows.status import StepStatus
 from parsl_flows.store import FileBasedObjectArray, element_path, write_pickle
 from parsl_flows.workflow import concurrently, map_, new_workflow
 
+#: The provenance variables of each map step, ``<step>_<name>`` (tests/test_provenance.py).
+PROVENANCE = ("seconds", "host", "job", "attempt", "peak_rss")
+
 # -- arrays on their own (no run, no Parsl) ------------------------------------------------
 
 
@@ -296,11 +299,9 @@ def test_attributes_name_the_run_and_the_steps(seed_run, seed_ds) -> None:
 def test_a_step_dataset_and_to_xarray_match_the_run_dataset(seed_run, seed_ds) -> None:
     charge_step = seed_run.step("modified_get_charge")
     ds = step_dataset(charge_step)
-    assert set(ds.data_vars) == {
-        "charge",
-        "charge_mask",
-        "modified_get_charge_error",
-        "modified_get_charge_attempts",
+    per_step = ("error", "attempts", *PROVENANCE)
+    assert set(ds.data_vars) == {"charge", "charge_mask"} | {
+        f"modified_get_charge_{v}" for v in per_step
     }
     xr.testing.assert_identical(
         ds.charge.reset_coords(drop=True), seed_ds.charge.reset_coords(drop=True)
@@ -378,12 +379,15 @@ def test_dataset_nc_opens_without_parsl_flows(seed_run, seed_nc) -> None:
     assert charge_nc == seed_run.step("modified_get_charge").path / "dataset.nc"
     got = read_elsewhere(charge_nc)
     assert got["dims"] == {"a": 10, "b": 20}
-    assert got["vars"] == [
-        "charge",
-        "charge_mask",
-        "modified_get_charge_attempts",
-        "modified_get_charge_error",
-    ]
+    assert got["vars"] == sorted(
+        [
+            "charge",
+            "charge_mask",
+            "modified_get_charge_attempts",
+            "modified_get_charge_error",
+            *(f"modified_get_charge_{p}" for p in PROVENANCE),
+        ]
+    )
     assert got["coords"] == ["V_left", "V_right"]
     assert got["charge_nan"] == got["masked"] > 0
     assert got["mask_dtype"] == "bool"

@@ -328,3 +328,22 @@ def test_load_run_of_a_directory_that_is_not_a_run(tmp_path):
         flows.load_run(tmp_path)
     with pytest.raises(FileNotFoundError, match="no run 'nope'"):
         flows.load_run("nope", store=tmp_path)
+
+
+def test_an_executor_whose_parsl_folder_was_deleted_is_replaced(tmp_path):
+    # A store deleted while the process lives on (a notebook, a test's temporary folder)
+    # takes the certificates the executor's new blocks need: they died at start, unseen,
+    # and a run waited for ever (found by test_slurm.py's memory tests in a row).
+    from types import SimpleNamespace
+
+    from parsl_flows.engine.runner import _lost_its_folder
+
+    (tmp_path / "label" / "certificates").mkdir(parents=True)
+    live = SimpleNamespace(
+        logdir=str(tmp_path / "label"), cert_dir=str(tmp_path / "label" / "certificates")
+    )
+    assert not _lost_its_folder(live)
+    (tmp_path / "label" / "certificates").rmdir()
+    assert _lost_its_folder(live)
+    assert not _lost_its_folder(SimpleNamespace())  # a thread pool keeps no folder
+    assert not _lost_its_folder(None)

@@ -65,7 +65,8 @@ def test_a_resource_class_executor_asks_slurm_for_exactly_that():
     ex = site.executor("c-2c", Resources(cores=2, memory_mb=1536, walltime_s=3600))
     assert ex.max_workers_per_node == 1 and ex.cores_per_worker == 2
     options = ex.provider.scheduler_options
-    assert "#SBATCH --mem=1536M" in options and "#SBATCH --cpus-per-task=2" in options
+    # the elements' memory, plus what the worker pool holds itself (block_memory_mb)
+    assert "#SBATCH --mem=1786M" in options and "#SBATCH --cpus-per-task=2" in options
     assert ex.provider.walltime == "01:05:00"
     assert ex.provider.max_blocks == 4  # four such blocks fit a node
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +125,30 @@ def test_watch_shows_live_bars_then_leaves_the_final_table(
     (last,) = [s["children"] for s in box if "children" in s][-1]
     final = texts[last.removeprefix("IPY_MODEL_")][-1]
     assert 'class="parsl-flows-progress"' in final and "finished (exit code 0)" in final
+
+
+def test_the_failures_notebook_draws_where_the_failures_are(
+    execute: Callable[[Path], Executed],
+) -> None:
+    executed = execute(EXAMPLES / "03-failures.md")
+    # The cell that draws the seed story's electrostatics shows the picture once (the
+    # figure is not pyplot's, so the notebook backend does not show it a second time)...
+    (cell,) = [
+        c
+        for c in executed.notebook.cells
+        if c.cell_type == "code" and 'plot(path="outcome.png")' in c.source
+    ]
+    shown = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+    assert len(shown) == 1, cell.outputs
+    # ... and saves it: a whole PNG of a real size, in the colours of "ok" and of a failure.
+    png = executed.directory / "outcome.png"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 600 and height >= 400 and len(data) > 10_000, (width, height, len(data))
+    import matplotlib.image
+
+    pixels = (matplotlib.image.imread(png)[..., :3] * 255).round().astype(int)
+    colours = {tuple(p) for p in pixels.reshape(-1, 3).tolist()}
+    assert (0x4D, 0xAF, 0x4A) in colours  # ok
+    assert (0xE4, 0x1A, 0x1C) in colours  # failed: ValueError

@@ -32,11 +32,21 @@ LAYERS = {
         "lease",
         "lock",
         "compact",
+        "provenance",
         "dataset",
         "write_datasets",
     ],
     "engine": ["engine"],
-    "results": ["run", "launch", "report", "widgets"],
+    "results": [
+        "selection",
+        "reproduce",
+        "preview",
+        "run",
+        "launch",
+        "report",
+        "widgets",
+        "outcome_plot",
+    ],
     "faces": ["cli", "__main__", "__init__"],
 }
 ORDER = list(LAYERS)
@@ -47,6 +57,8 @@ LATE_IMPORTS = {
     ("parsl_flows.run", "parsl_flows.dataset"): "xarray loads when results are asked for",
     ("parsl_flows.store", "parsl_flows.dataset"): "xarray loads when results are asked for",
     ("parsl_flows.report", "parsl_flows.widgets"): "ipywidgets is optional",
+    ("parsl_flows.selection", "parsl_flows.dataset.layout"): "xarray loads for coordinates",
+    ("parsl_flows.run", "parsl_flows.outcome_plot"): "xarray and matplotlib load for a picture",
     ("parsl_flows.engine.environment", "parsl_flows.engine.configs"): "Parsl loads at a run",
     ("parsl_flows.engine.slurm", "parsl_flows.engine.configs"): "Parsl loads at a run",
 }

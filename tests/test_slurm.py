@@ -89,7 +89,7 @@ def test_a_resource_class_gets_its_own_block_of_that_size(cluster_env, cluster_d
     texts = [
         p.read_text() for p in scripts.iterdir() if not p.name.endswith((".stdout", ".stderr"))
     ]
-    sized = [t for t in texts if "--mem=1024M" in t]
+    sized = [t for t in texts if "--mem=1274M" in t]  # 1024 MB + the worker pool's own
     assert sized, "no batch script asked for the step's memory"
     assert "#SBATCH --cpus-per-task=1" in sized[0]
 
@@ -240,3 +240,106 @@ def test_the_blocks_of_a_sigkilled_driver_end_by_themselves(tmp_path, cluster_di
         left = blocks & _jobs() if "blocks" in locals() else set()
         if left:
             subprocess.run(["scancel", *left], check=False)
+
+
+# -- out of memory (issue 20, part 5) ------------------------------------------------------
+
+
+def _shared_memory(mb: int) -> None:
+    """Really use ``mb`` MB that the worker's own limit does not count: memory shared with
+    other processes (``RLIMIT_DATA`` counts private memory), every page written, held for
+    a few seconds; Slurm's ``--mem`` counts it (the processes' RSS)."""
+    import mmap
+
+    block = mmap.mmap(-1, mb * 2**20)
+    for offset in range(0, mb * 2**20, 2**20):
+        block[offset : offset + 2**20] = b"x" * 2**20
+        if offset % (50 * 2**20) == 0:
+            time.sleep(0.01)
+    time.sleep(3)
+
+
+def over_the_block(x: int) -> int:
+    if x == 1:
+        _shared_memory(600)  # the block asks for 450 MB (200 MB + its pool's own)
+    return 10 * x
+
+
+def test_an_element_over_its_block_memory_is_out_of_memory_not_a_lost_worker(
+    cluster_env, cluster_dir
+):
+    hog = step(over_the_block, returns="y", resources={"memory": "200MB"})
+    flow = new_workflow("slurm_oom").then(map_(hog, "x[i] -> y[i]", chunksize=2, max_restarts=3))
+    r = run(flow, cluster_env, cluster_dir, x=[0, 1, 2, 3])
+    s = r.called[0]
+    log = flows.report.log(s)
+    assert s.exit_code == 402, log
+    assert s.outputs.return_values.y.to_array().compressed().tolist() == [0, 20, 30]
+    exc = s.outputs.exception[1]
+    assert isinstance(exc, flows.OutOfMemoryError), log
+    assert "--mem=450M" in str(exc) and f"block job {exc.job}" in str(exc)
+    assert "exceeded memory limit" in str(exc)
+    # lost with its block once: run again alone (it might only have been beside the
+    # culprit); killed for memory again: out of memory, whatever max_restarts says
+    assert [a["out_of_memory"] for a in s.attempts] == [1, 1], log
+    assert "worker pool lost" not in log and "out of memory" in log
+
+
+def test_with_retry_resources_it_runs_again_on_a_block_with_more_memory(cluster_env, cluster_dir):
+    hog = step(
+        over_the_block,
+        returns="y",
+        resources={"memory": "200MB"},
+        retry_resources={"memory": 4},
+    )
+    flow = new_workflow("slurm_grow").then(map_(hog, "x[i] -> y[i]", max_restarts=2))
+    r = run(flow, cluster_env, cluster_dir, x=[0, 1, 2, 3])
+    s = r.called[0]
+    log = flows.report.log(s)
+    assert r.exit_code == 0 and s.exit_code == 0, log
+    assert s.outputs.return_values.y.to_array().tolist() == [0, 10, 20, 30]
+    assert [a["memory_mb"] for a in s.attempts] == [200, 800], log
+    assert s.attempts[0]["out_of_memory"] == 1
+    assert "-200mb" in s.attempts[0]["executor"]
+    assert "-800mb" in s.attempts[1]["executor"]  # an executor of its own
+    assert "attempt 2: resubmitting 1 of 4 elements with memory 800MB (retry_resources)" in log
+    scripts = Path(runner.dfk.run_dir) / "submit_scripts"
+    texts = [
+        p.read_text()
+        for p in scripts.glob("*-800mb*.block-*")
+        if not p.name.endswith((".stdout", ".stderr"))
+    ]
+    assert any("#SBATCH --mem=1050M" in t for t in texts), "no block asked for 800 MB + its pool"
+
+
+def beside_the_culprit(x: int, marks: str) -> int:
+    """Element 1 takes more than the whole block has; element 0, on the block's other
+    worker, is running when Slurm kills the block the first time, and quick afterwards."""
+    first = not Path(marks, str(x)).exists()
+    Path(marks, str(x)).write_text("")
+    if x == 1:
+        per_cpu = int(os.environ.get("SLURM_MEM_PER_CPU", "1000"))
+        cpus = int(os.environ.get("SLURM_CPUS_ON_NODE", "2"))
+        _shared_memory(per_cpu * cpus + 300)
+    elif first:
+        time.sleep(60)
+    return x
+
+
+def test_an_element_only_beside_the_culprit_runs_again_alone_and_succeeds(
+    cluster_env, cluster_dir, tmp_path
+):
+    # no resources: the default executor, two workers a block, the partition's default
+    # memory per CPU (DefMemPerCPU) for the block
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    both = step(beside_the_culprit, returns="y")
+    flow = new_workflow("beside").then(map_(both, "x[i] -> y[i]", chunksize=1))
+    r = run(flow, cluster_env, cluster_dir, x=[0, 1], marks=str(marks))
+    s = r.called[0]
+    log = flows.report.log(s)
+    assert s.outputs.return_values.y.mask.tolist() == [False, True], log
+    assert isinstance(s.outputs.exception[1], flows.OutOfMemoryError), log
+    assert "no --mem" in str(s.outputs.exception[1])
+    assert s.attempts[0]["out_of_memory"] == 2, log  # both were lost with the block
+    assert s.record.element_attempts == {"2": "0-1"}

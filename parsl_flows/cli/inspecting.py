@@ -98,6 +98,16 @@ def _parse_age(text: str) -> float:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     run = load(args)
+    if getattr(args, "step", None) is not None:  # one map step's elements over the sweep
+        step = _find_step(run, args.step)
+        if not step.is_map:
+            raise UsageError(
+                f"step {step.name!r} is a plain call, not a map: it has no elements to draw "
+                f"(draw the run with: {PROG} graph {run.id} -o run.png)"
+            )
+        out = args.output or f"{run.id}-{step.name}.png"
+        _draw(lambda: step.plot(path=out), out)
+        return 0
     out = args.output or f"{run.id}.png"
     _draw(lambda: report.graph(run, filename=out), out)
     return 0
@@ -115,7 +125,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _draw(draw: Callable[[], Any], out: str) -> None:
     try:
         draw()
-    except ValueError as e:  # graphviz: an unknown picture format
+    except ImportError as e:  # matplotlib, an optional extra, is not installed
+        raise CommandError(f"cannot draw {out}: {e}") from e
+    except ValueError as e:  # an unknown picture format, a map without elements
         raise UsageError(f"cannot draw {out}: {e}") from e
     except (RuntimeError, OSError) as e:  # no 'dot' program, or an unwritable place
         raise CommandError(f"cannot draw {out}: {e}") from e

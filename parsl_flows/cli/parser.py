@@ -12,6 +12,7 @@ import textwrap
 from typing import NoReturn
 
 from .common import PROG
+from .debugging import cmd_reproduce
 from .housekeeping import cmd_cleanup, cmd_compact
 from .inspecting import cmd_graph, cmd_list, cmd_log, cmd_plan, cmd_status
 from .running import cmd_restart, cmd_resume, cmd_run
@@ -119,15 +120,26 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command(
         "graph",
-        "draw a run: its plan, each step coloured by its outcome",
+        "draw a run: its plan, each step coloured by its outcome; or a map step's elements",
         """
         python -m parsl_flows graph 20261126-1015 -o run.png
         python -m parsl_flows graph 20261126-1015 -o run.svg
+        python -m parsl_flows graph 20261126-1015 modified_electrostatics -o outcome.png
+
+        With STEP (a map step), the picture is its elements over the swept values: ok,
+        failed (by exception type), not run, reused (needs matplotlib:
+        pip install "parsl_flows[plot]").
         """,
     )
     p.add_argument("run", metavar="RUN")
     p.add_argument(
-        "-o", "--output", metavar="FILE", help="picture file: .png, .svg, .pdf (default RUN.png)"
+        "step", metavar="STEP", nargs="?", help="a map step (name or position): its elements"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="picture file: .png, .svg, .pdf (default RUN.png, or RUN-STEP.png)",
     )
     p.set_defaults(handler=cmd_graph)
 
@@ -203,6 +215,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", metavar="RUN")
     _detach_option(p)
+    _dry_run_option(p, "how many elements each step has in the store and would compute")
     p.set_defaults(handler=cmd_resume)
 
     p = command(
@@ -213,15 +226,55 @@ def make_parser() -> argparse.ArgumentParser:
         python -m parsl_flows restart 20261126-1015 --set 'V_limits=[-1, 1]' --detach
         python -m parsl_flows restart 20261126-1015 --inputs more.json --env threads
 
+        python -m parsl_flows restart 20261126-1015 --recompute modified_get_charge:failed
+        python -m parsl_flows restart 20261126-1015 --recompute 'run_electrostatics:V_left>0.3'
+        python -m parsl_flows restart 20261126-1015 --recompute STEP:ConvergenceError --dry-run
+
         Inputs not given keep the old run's values; the new run goes in the same store.
+        Results whose code and inputs did not change are reused, except the elements
+        --recompute names (and what reads them downstream).
         """,
     )
     p.add_argument("run", metavar="RUN")
     _input_options(p)
     _environment_options(p, "the old run's")
+    p.add_argument(
+        "--recompute",
+        metavar="STEP:SELECTION",
+        action="append",
+        default=[],
+        help="compute these elements again even if unchanged: STEP:failed, STEP:all, "
+        "STEP:ExceptionName or STEP:V_left>0.3 (a swept value or index label; repeatable)",
+    )
     _detach_option(p)
+    _dry_run_option(p, "per step, how many elements would be reused and computed")
     p.set_defaults(handler=cmd_restart)
+
+    p = command(
+        "reproduce",
+        "run one element of a step again here, with the inputs it had, for debugging",
+        """
+        python -m parsl_flows reproduce 20261126-1015 modified_electrostatics a=2 b=7
+        python -m parsl_flows reproduce 20261126-1015 modified_electrostatics V_left=1.0 V_right=0.5
+        python -m parsl_flows reproduce 20261126-1015 modified_get_charge n=47
+        python -m parsl_flows reproduce 20261126-1015 make_geometry
+
+        Name the element by index labels, swept values (the nearest, which must be
+        close) or flat index n; a plain step takes none.  A failing element prints its
+        traceback and exits 1; else its value is printed.  Nothing is written.
+        """,
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("step", metavar="STEP", help="the step's name")
+    p.add_argument("where", metavar="NAME=VALUE", nargs="*", help="which element (a=2 b=7)")
+    p.set_defaults(handler=cmd_reproduce)
     return parser
+
+
+def _dry_run_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--dry-run", action="store_true", help=f"print {what}; write nothing, start nothing"
+    )
 
 
 def _common_options(p: argparse.ArgumentParser, defaults: bool) -> None:

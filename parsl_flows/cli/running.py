@@ -21,10 +21,12 @@ from typing import Any
 from ..engine import stopping
 from ..engine.environment import ExecutionEnvironment, execution_environment, from_file
 from ..launch import submit
+from ..preview import preview, preview_resume
 from ..run import Run
 from ..store import default_store
 from ..workflow import Builder, build
 from .common import PROG, CommandError, UsageError, exit_status, load
+from .debugging import recompute_selections
 from .inputs import expand, load_inputs, parse_set
 from .plans import load_plan
 from .progress import follow
@@ -52,11 +54,15 @@ def cmd_restart(args: argparse.Namespace) -> int:
     """The old run's plan and inputs, with the given inputs changed, as a new run."""
     old = load(args)
     builder = old.get_builder_restart()
+    builder.recompute = recompute_selections(old, args.recompute)
     changes = _gather_inputs(args)
     builder.kwargs.update(changes)
     if args.config or args.env:
         builder.workflow = builder.workflow.on(_environment(args, None))
     _validated(builder)
+    if args.dry_run:
+        print(preview(builder))
+        return 0
     what = ", ".join(changes) or "no inputs"
     print(f"restart of {old.id} (changed: {what})")
     store = old.path.parents[1]
@@ -68,6 +74,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run = load(args)
     if not hasattr(run, "resume"):
         raise UsageError("this version of parsl_flows cannot resume runs")
+    if args.dry_run:
+        print(preview_resume(run.path))
+        return 0
     if run.status in ("finished", "failed"):
         print(f"run {run.id} already ended ({run.status}): nothing to resume")
         print(f"(to run it again with other inputs: {PROG} restart {run.id} --set NAME=VALUE)")

@@ -8,8 +8,11 @@ values the map swept over, and which carries, for every output ``<name>``:
   shape, which adds the dimensions ``<name>_dim_0``, ...), object-valued otherwise;
 - ``<name>_mask``: True where the element is missing (failed, or never submitted);
 
-and for every map step ``<step>_error`` (``"ValueError: ..."``, empty where none) and
-``<step>_attempts`` (how many attempts each element took; 0 if never submitted).
+and for every map step ``<step>_error`` (``"ValueError: ..."``, empty where none),
+``<step>_attempts`` (how many attempts each element took; 0 if never submitted) and its
+provenance (``parsl_flows.provenance``): ``<step>_seconds``, ``<step>_host``,
+``<step>_job``, ``<step>_attempt`` and ``<step>_peak_rss``, not recorded (NaN, "", 0)
+where the engine never heard of the element.
 
 Dimensions follow the data: ``map_(get_charge, "electrostatics[i, j] -> charge[i, j]")``
 over the output of ``"V_left[a], V_right[b] -> electrostatics[a, b]"`` lies on ``a`` and

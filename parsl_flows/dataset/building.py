@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -15,9 +15,9 @@ import numpy as np
 import xarray as xr
 
 from ..status import RunRecord, StepStatus
-from .layout import _Layout, _records, _value_loader
+from .layout import _Layout, _records, _value_loader, with_indexes
 from .netcdf import DATASET_FILE, _write_netcdf, forget_written, stored_values
-from .reading import Known, _attempts, _errors, _from_memory, _read_output
+from .reading import Known, _attempts, _errors, _from_memory, _provenance, _read_output
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +61,8 @@ def _step_variables(
         _attempts(rec, size).reshape(shape),
         attrs={**attrs, "long_name": "attempts per element; 0: never submitted"},
     )
+    out.update(_provenance(step_dir, rec.name, tuple(dims), shape, attrs))
     return out
-
-
-def _with_indexes(ds: xr.Dataset, names: Iterable[str]) -> xr.Dataset:
-    for name in names:
-        if name in ds.coords and name not in ds.indexes:
-            try:
-                ds = ds.set_xindex(name)
-            except Exception:  # e.g. values no index takes; the coordinate is still there
-                logger.debug("no index for coordinate %s", name, exc_info=True)
-    return ds
 
 
 class InStore(Protocol):
@@ -149,7 +140,7 @@ def step_dataset(
             finished=rec.finished,
         ),
     )
-    return _with_indexes(ds, layout.indexed(ids))
+    return with_indexes(ds, layout.indexed(ids))
 
 
 def run_dataset(
@@ -197,7 +188,7 @@ def run_dataset(
             map_steps=" ".join(steps),
         ),
     )
-    return _with_indexes(ds, layout.indexed(ids))
+    return with_indexes(ds, layout.indexed(ids))
 
 
 def array_to_xarray(

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -24,6 +24,8 @@ from ..status import RunRecord, StepStatus
 from ..workflow import as_mapped_array
 
 logger = logging.getLogger(__name__)
+
+_X = TypeVar("_X", xr.Dataset, xr.DataArray)
 
 #: dtype kinds a coordinate may have (numbers, strings, dates), all writable to netCDF.
 _COORDINATE_KINDS = "biufUSMm"
@@ -200,3 +202,36 @@ def _value_loader(run_dir: Path, records: Sequence[StepStatus]) -> Callable[[str
             return MISSING_ELEMENT
 
     return value_of
+
+
+def element_grid(step_dir: Path) -> xr.DataArray:
+    """Each element's flat index laid on a map step's dimensions, with its coordinates.
+
+    What ``step_dataset`` would label the step's results with, without reading any of
+    them: ``grid.sel(V_left=0.3)`` or ``grid.isel(a=2)`` says which elements those are.
+    """
+    rec = StepStatus.load(step_dir)
+    if rec.kind != "map" or rec.shape is None or not rec.mapspec:
+        raise ValueError(f"step {rec.name!r} is not a map with elements ({rec.state})")
+    run_dir = step_dir.parents[1]
+    records = _records(run_dir) if (run_dir / "run.json").exists() else [rec]
+    layout = _Layout(records, _value_loader(run_dir, records), last=rec.name)
+    ids = layout.step_dims[rec.name]
+    shape = tuple(int(s) for s in rec.shape)
+    flat = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
+    grid = xr.DataArray(
+        flat, dims=[layout.dims[i].name for i in ids], coords=layout.coordinates(ids)
+    )
+    return with_indexes(grid, layout.indexed(ids))
+
+
+def with_indexes(labelled: _X, names: Iterable[str]) -> _X:
+    """``labelled`` with an index on each coordinate ``names`` (``V_left`` on ``a``), so
+    ``sel(V_left=...)`` works; a coordinate no index takes stays a plain coordinate."""
+    for name in names:
+        if name in labelled.coords and name not in labelled.indexes:
+            try:
+                labelled = labelled.set_xindex(name)
+            except Exception:  # e.g. values no index takes; the coordinate is still there
+                logger.debug("no index for coordinate %s", name, exc_info=True)
+    return labelled

@@ -24,14 +24,17 @@ from ..mapspec import MapSpecError
 from ..numbers_file import forget_numbers
 from ..ranges import common, compress, unique_indices, without
 from ..status import StepStatus
+from ..step import Resources
 from ..store import element_path
 from ..workflow import Call, Map
 from .chunking import ChunkSizer
 from .datasets import dataset_writer
 from .hashing import KeyBook, combine
 from .inputs import MappedInputs
+from .memory import MemoryRetries
 from .numbers_back import NumbersBack
 from .outcomes import exit_code_of, log_call_outcome, log_map_outcome
+from .recompute import Recompute
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
 from .step_index import StepIndex, drop_damaged_results
@@ -66,12 +69,15 @@ class RunContext:
 
     keys: KeyBook  # the reuse keys of the run's values and outputs
     reuse_from: Path | None  # the run a restart reuses results of
+    recompute: Recompute  # elements not to reuse from it (as asked, and what reads them)
     mapped: MappedInputs  # the run's input values and maps' presence
     #: Per map, the numbers its workers sent back, until its dataset.nc is written.
     numbers_back: dict[str, NumbersBack]
     save: Callable[[StepStatus], None]  # write a step's status.json
     check_stop: Callable[[], None]  # raises when the run is told to stop
     note_helpers: Callable[[], None]  # record Parsl's processes and jobs in the lock
+    #: The executor for steps asking ``resources`` (an attempt with more memory, Slurm).
+    executor_for: Callable[[Resources], str] | None = None
 
 
 class StepExecution:
@@ -124,7 +130,10 @@ class StepExecution:
         # A map's elements are where its folders' index says (``element_folders``): what
         # is there already (a resume), what is reused, and each task's files as they come.
         index = StepIndex(step_dir, node.outputs, total) if isinstance(node, Map) else None
-        self._reuse(node, st, keys, wanted, log, index)
+        forced = common(self.run.recompute.of_node(node, shape), wanted)
+        if len(forced) and self.run.reuse_from is not None:
+            log(f"computing {len(forced)} elements again as asked (recompute), not reusing them")
+        self._reuse(node, st, keys, without(wanted, forced), log, index)
         if index is not None:
             have = common(wanted, index.present())
         else:
@@ -158,6 +167,7 @@ class StepExecution:
             log_map_outcome(log, st, shape, codes, messages)
         else:
             log_call_outcome(log, st, codes.get(0, OK), messages.get(0, ""))
+        self.run.recompute.note_outputs(node, forced, shape)
         if isinstance(node, Map):
             if st.n_done == 0 and total:
                 self.run.keys.array.update({out: None for out in node.outputs})
@@ -214,6 +224,7 @@ class StepExecution:
                 node.step.resources.walltime_s,
                 os.getpid(),
                 f"{chunk[0]}-{uuid.uuid4().hex[:8]}" if isinstance(node, Map) else "",
+                memory_mb,  # this attempt's, for each element (``memory``)
             )
 
         # Per element of the step, as arrays: no per-element Python for elements that succeed.
@@ -227,6 +238,8 @@ class StepExecution:
         suspects: set[int] = set()
         messages: dict[int, str] = {}
         numbers = NumbersBack(node.outputs)
+        memory = MemoryRetries(node, total, log)
+        memory_mb: int | None = None
         sizer = ChunkSizer(workers, fixed)  # a retry's tasks are sized by what was measured
         first = len(todo)
         st.submitted_elements = compress(todo)
@@ -234,18 +247,25 @@ class StepExecution:
         while len(todo):
             attempt = len(st.attempts) + 1
             submitted = compress(todo)
+            memory_mb = memory.memory_mb(attempt)
+            if self.run.executor_for is not None:  # on Slurm, blocks that have that memory
+                st.executor = self.run.executor_for(memory.resources(attempt))
+            with_memory = f" with memory {memory_mb}MB" if memory_mb else ""
+            if memory.grows:
+                with_memory += f" (retry_resources) on executor {st.executor!r}"
             if not tries.any():  # the first attempt of this execution
                 masked = f" ({st.n_inputs_masked} have masked inputs)" if st.n_inputs_masked else ""
                 sizes = "tasks sized to the work" if fixed is None else f"tasks of {fixed}"
                 log(
                     f"attempt {attempt}: submitting {len(todo)} elements{masked} to executor "
                     f"{st.executor!r} ({workers} workers, {sizes}); "
-                    f"submitted_elements={submitted}"
+                    f"submitted_elements={submitted}{with_memory}"
                 )
             else:
-                log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements")
+                log(f"attempt {attempt}: resubmitting {len(todo)} of {first} elements{with_memory}")
             if index is not None:
                 index.retrying(todo)
+                index.provenance.current_attempt = attempt  # what its tasks' elements record
                 if tries.any():
                     index.save(complete=False)  # an attempt ended; the next one writes on
             else:
@@ -267,6 +287,7 @@ class StepExecution:
                 tasks.on_first_result = dataset_writer.start  # helper's start overlaps the map
             results = tasks.run(alone, rest, make_task, sizer)
             retry: list[np.ndarray] = []
+            n_oom = 0
             for tr in results:
                 numbers.add(tr)
                 ran = tr.codes != NOT_RUN
@@ -275,7 +296,12 @@ class StepExecution:
                 tries[idx] += 1
                 final[idx] = codes
                 messages.update({n: m for n, (m, _) in tr.failures.items()})
-                infra = idx[codes == INFRASTRUCTURE]
+                oom = memory.sort(tr, idx[codes == INFRASTRUCTURE], user_tries)
+                n_oom += oom.out_of_memory
+                suspects.update(oom.alone.tolist())
+                st.n_infra -= len(oom.again)
+                retry.append(oom.again)  # with more memory
+                infra = oom.lost
                 infra_tries[infra] += 1
                 suspects.update(infra.tolist())
                 again = infra[infra_tries[infra] <= INFRA_RETRIES]
@@ -290,10 +316,12 @@ class StepExecution:
                 st.n_failed -= len(again)
                 retry.append(again)
             record = self._record_attempt(st, attempt, todo, submitted, results)
+            record.update(memory_mb=memory_mb, out_of_memory=n_oom, executor=st.executor)
             not_run = sum(tr.count(NOT_RUN) for tr in results)
             log(
                 f"attempt {attempt}: {record['succeeded']} succeeded, {record['failed']} failed, "
                 f"{record['infrastructure']} lost to infrastructure"
+                + (f" ({n_oom} of them out of memory)" if n_oom else "")
                 + (f", {not_run} not started (their task was lost)" if not_run else "")
             )
             todo = unique_indices(np.concatenate(retry)) if retry else np.empty(0, np.int64)

@@ -21,6 +21,9 @@ from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider
 from parsl.providers import SlurmProvider as _ParslSlurmProvider
 
+from .memory_kills import memory_kill_lines
+from .memory_limit import block_memory_mb
+
 __all__ = [
     "SlurmProvider",
     "fail_blocks_once",
@@ -42,7 +45,28 @@ def fail_blocks_once(executor: BlockProviderExecutor, status: dict[str, JobStatu
     """
     if executor.bad_state_is_set:
         return
+    # A block that Slurm killed for memory says nothing of whether blocks can start: its
+    # elements are out of memory (``memory_kills``), and the executor stays in service for
+    # the other elements and for retries with more memory.  With ``sacct`` such a job
+    # reads FAILED (``squeue`` soon forgets it, and Parsl takes it for COMPLETED).
+    status = {
+        block: s
+        for block, s in status.items()
+        if not (s.state == JobState.FAILED and _killed_for_memory(s.stderr_path))
+    }
     simple_error_handler(executor, status)
+
+
+_KILLED: dict[str, bool] = {}  # stderr file -> killed for memory (asked once a job ended)
+
+
+def _killed_for_memory(stderr: str | None) -> bool:
+    """Does a failed block's stderr say Slurm killed it for memory (read once per file)?"""
+    if not stderr:
+        return False
+    if stderr not in _KILLED:
+        _KILLED[stderr] = bool(memory_kill_lines(stderr, fresh=False))
+    return _KILLED[stderr]
 
 
 def local_config(max_workers: int | None = None, label: str = "local") -> Config:
@@ -175,7 +199,8 @@ def slurm_executor(
     ``PARSL_FLOWS_SLURM_PARTITION``) or a default that suits the local test cluster of
     ``tools/local-slurm.sh``.  ``cores_per_worker`` and ``memory_mb`` size the workers of
     one resource class: each worker gets that many cores, and the block asks Slurm for
-    the memory of all its workers (``#SBATCH --mem``).
+    the memory of all its workers, plus what its worker pool holds itself
+    (``#SBATCH --mem``, ``memory_limit.block_memory_mb``).
     """
     partition = partition or _env("partition")
     walltime = walltime or _env("walltime", "00:30:00")
@@ -184,7 +209,7 @@ def slurm_executor(
     options = scheduler_options if scheduler_options is not None else _env("scheduler_options", "")
     options = options.replace("\\n", "\n")
     if memory_mb is not None:
-        options += f"\n#SBATCH --mem={memory_mb * workers}M"
+        options += f"\n#SBATCH --mem={block_memory_mb(memory_mb, workers)}M"
     if cores is not None:
         options += f"\n#SBATCH --cpus-per-task={cores}"
     provider = SlurmProvider(

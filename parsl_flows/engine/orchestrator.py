@@ -23,6 +23,7 @@ from ..errors import EXIT_CODES
 from ..lock import RunLock
 from ..numbers_file import KINDS, write_numbers
 from ..status import RunRecord, StepStatus
+from ..step import Resources
 from ..store import refresh_folder
 from ..workflow import Call, Map, Workflow
 from . import stopping
@@ -32,6 +33,7 @@ from .hashing import KeyBook, value_key
 from .inputs import MappedInputs
 from .numbers_back import NumbersBack
 from .outcomes import exit_code_of
+from .recompute import Recompute
 from .runner import runner
 from .tasks import STOP_POLL_SECONDS
 from .worker import (
@@ -84,6 +86,7 @@ class Execution:
         parsl_run_dir: Path,
         lock: RunLock,
         reuse_from: Path | None = None,
+        recompute: Recompute | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.workflow = workflow
@@ -92,6 +95,7 @@ class Execution:
         self.parsl_run_dir = parsl_run_dir
         self.lock = lock
         self.reuse_from = reuse_from
+        self.recompute = recompute or Recompute()  # elements a restart computes again
         self.log = StepLog(run_dir / "log.txt", prefix=f"[{run_dir.name}] ")
         self.thread = threading.Thread(
             target=self._main, name=f"parsl_flows-{run_dir.name}", daemon=False
@@ -310,6 +314,10 @@ class Execution:
     def step_log(self, st: StepStatus) -> StepLog:
         return StepLog(self.step_dir(st) / "log.txt", prefix=f"[{self.run_dir.name}:{st.name}] ")
 
+    def _executor_for(self, resources: Resources) -> str:
+        """The executor of this run's environment for steps asking ``resources``."""
+        return runner.executor_for(self.workflow.environment, resources, self.parsl_run_dir)
+
     def _execute(self, node: Call, params: dict[str, Source]) -> dict[str, Source]:
         st = self.statuses[node.name]
         st.state = "running"
@@ -325,8 +333,8 @@ class Execution:
         self.log(f"step {node.name} started")
         try:
             context = RunContext(
-                self.keys, self.reuse_from, self.mapped, self.numbers_back,
-                self._save, self._check_stop, self._note_helpers,
+                self.keys, self.reuse_from, self.recompute, self.mapped, self.numbers_back,
+                self._save, self._check_stop, self._note_helpers, self._executor_for,
             )  # fmt: skip
             step = StepExecution(context, self.step_dir(st), self.step_log(st))
             produced = step.execute(node, st, params)

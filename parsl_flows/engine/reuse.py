@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "link_file",
+    "matching_elements",
     "origin_step_dir",
     "present_elements",
     "reusable_elements",
@@ -79,19 +80,9 @@ def reusable_elements(
     stale listing misses is computed instead of reused, and one it lists that is gone
     fails ``is_intact``, which opens it, and is computed too.
     """
-    try:
-        old_keys = np.load(origin_dir / KEYS_FILE)
-    except (FileNotFoundError, ValueError, OSError):
-        return [], {}
-    flat_old = old_keys.reshape(-1)
-    where = {out: locate(origin_dir / "return_values" / out, flat_old.size) for out in outputs}
-    present: np.ndarray | None = None
-    for loc in where.values():
-        here = loc.present()
-        present = here if present is None else common(present, here)
-    if present is None or not len(present):
+    by_key, where = _old_elements(origin_dir, outputs)
+    if not by_key:
         return [], where
-    by_key = {bytes(flat_old[i]): i for i in present.tolist() if i < flat_old.size}
     flat_new = keys.reshape(-1)
     intact: dict[Path, bool] = {}
     damaged = [] if damaged is None else damaged
@@ -108,6 +99,36 @@ def reusable_elements(
             pairs.append((n, old))
     damaged.extend(path for path, ok in intact.items() if not ok)
     return pairs, where
+
+
+def _old_elements(
+    origin_dir: Path, outputs: list[str]
+) -> tuple[dict[bytes, int], dict[str, Locations]]:
+    """The earlier run's elements that have every output, by key, and where they are."""
+    try:
+        old_keys = np.load(origin_dir / KEYS_FILE)
+    except (FileNotFoundError, ValueError, OSError):
+        return {}, {}
+    flat_old = old_keys.reshape(-1)
+    where = {out: locate(origin_dir / "return_values" / out, flat_old.size) for out in outputs}
+    present: np.ndarray | None = None
+    for loc in where.values():
+        here = loc.present()
+        present = here if present is None else common(present, here)
+    if present is None:
+        return {}, where
+    return {bytes(flat_old[i]): i for i in present.tolist() if i < flat_old.size}, where
+
+
+def matching_elements(
+    origin_dir: Path, outputs: list[str], keys: np.ndarray, wanted: np.ndarray
+) -> np.ndarray:
+    """The wanted elements an earlier run has under the same key, as far as its index and
+    listings say (no file is opened: what a preview counts as reusable)."""
+    by_key, _ = _old_elements(origin_dir, outputs)
+    flat_new = np.atleast_1d(keys).reshape(-1)
+    found = [n for n in wanted.tolist() if bytes(flat_new[n]) in by_key]
+    return np.asarray(found, dtype=np.int64)
 
 
 def _file_of(loc: Locations, n: int) -> Path:
@@ -144,6 +165,7 @@ def link_elements(
             these = files == k
             index.values[out].put(name, new[these], loc.slot[old[these]])
     if index is not None:
+        index.reused(origin_dir, new, old)  # with the provenance that run recorded
         index.save()
 
 

@@ -161,13 +161,30 @@ class Runner:
         notebook kernel.
         """
         executors = {} if self._dfk is None else self._dfk.executors
-        return any(getattr(executors.get(label), "bad_state_is_set", False) for label in labels)
+        return any(
+            getattr(executors.get(label), "bad_state_is_set", False)
+            or _lost_its_folder(executors.get(label))
+            for label in labels
+        )
 
     def batch_jobs(self, label: str) -> list[str]:
         """The scheduler job ids of the blocks an executor has started (Slurm job ids)."""
         executor = None if self._dfk is None else self._dfk.executors.get(label)
         jobs = getattr(executor, "blocks_to_job_id", {}) or {}
         return [str(j) for j in jobs.values()]
+
+    def blocks(self, label: str) -> tuple[Path | None, dict[str, tuple[str, str]]]:
+        """Where the executor ``label``'s worker pools log (``block-<id>/<manager>/``), and
+        per block it started: its scheduler job id and the job's stderr file (Slurm)."""
+        executor = None if self._dfk is None else self._dfk.executors.get(label)
+        jobs = getattr(executor, "blocks_to_job_id", {}) or {}
+        known = getattr(getattr(executor, "provider", None), "resources", {}) or {}
+        logdir = getattr(executor, "worker_logdir", None)
+        files = {
+            str(b): (str(j), str(known.get(j, {}).get("job_stderr_path") or ""))
+            for b, j in jobs.items()
+        }
+        return (Path(logdir) if logdir else None), files
 
     def worker_count(self, label: str) -> int:
         """How many workers the executor ``label`` has, or will have once its blocks start."""
@@ -212,6 +229,20 @@ class Runner:
         if cleanup.is_alive():
             logger.warning("Parsl did not shut down within %s s; stopping its processes", timeout)
         stop_processes(leftovers, timeout=1)
+
+
+def _lost_its_folder(executor: Any) -> bool:
+    """Has the folder Parsl keeps an executor's certificates and logs in gone away?
+
+    It lives in the run folder of the run that started the kernel: a store deleted while
+    the process lives on (a notebook, a test's temporary folder) takes the certificates
+    the executor's new blocks need to connect, and they die at start, unseen, for ever.
+    Such an executor is replaced, as one in bad state is.
+    """
+    if executor is None:
+        return False
+    folders = (getattr(executor, "cert_dir", None), getattr(executor, "logdir", None))
+    return any(isinstance(f, str) and f and not os.path.isdir(f) for f in folders)
 
 
 def _cleanup(dfk: DataFlowKernel) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..step import Resources, format_walltime, parse_walltime
+from .memory_limit import block_memory_mb
 
 if TYPE_CHECKING:  # Parsl loads when a run starts (see environment._parsl_config)
     from parsl.config import Config
@@ -160,10 +161,12 @@ class SlurmSite:
                     f"step {node.name!r} asks for {res.cores} cores, but the nodes of "
                     f"partition {partition!r} have {cpus}; lower 'cores' in its resources"
                 )
-            if res.memory_mb is not None and memory_mb and res.memory_mb > memory_mb:
+            block = block_memory_mb(res.memory_mb) if res.memory_mb is not None else 0
+            if memory_mb and block > memory_mb:
                 raise ValueError(
-                    f"step {node.name!r} asks for {res.memory_mb} MB of memory, but the nodes "
-                    f"of partition {partition!r} have {memory_mb} MB"
+                    f"step {node.name!r} asks for {res.memory_mb} MB of memory (blocks of "
+                    f"{block} MB with their worker pool), but the nodes of partition "
+                    f"{partition!r} have {memory_mb} MB"
                 )
 
 

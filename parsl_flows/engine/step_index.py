@@ -8,6 +8,11 @@ the step ends (interrupted too), never once per element or per task, so the driv
 own writes to a shared filesystem stay few.  A driver killed before it writes them
 loses nothing: readers and the next resume list the folder and open the task files the
 index does not name.
+
+The index also keeps the map's provenance (``parsl_flows.provenance``: each element's
+seconds, node, batch job, attempt and worker memory, as its task's result says), written
+with the index and, since only the driver ever knew it, every second or so besides
+(:meth:`Provenance.save_if_due`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 from ..element_folders import OWN, Locations, locate, save_index, task_file_name
 from ..files import drop_damaged, element_path, is_intact, remove_element
+from ..provenance import Provenance
 from ..ranges import common, compress, without
 from .task_writer import read_journal, write_values
 from .worker import NOT_RUN, OK, TaskResult
@@ -68,6 +74,8 @@ class StepIndex:
         self.failures = locate(step_dir / "exception", size, fresh=True)
         for loc in (*self.values.values(), self.failures):
             loc.complete = True  # from now on, the driver learns every file its tasks write
+        #: What a killed driver of this step recorded (a resume) is kept.
+        self.provenance = Provenance.of_step(step_dir, size)
 
     def present(self) -> np.ndarray:
         """The elements that have every output."""
@@ -88,6 +96,16 @@ class StepIndex:
     def add(self, result: TaskResult) -> None:
         """Take a map task's files: its elements that succeeded are in its output files,
         those that failed in its exception file (see ``TaskResult.name``)."""
+        ran = result.codes != NOT_RUN
+        seconds = result.element_seconds
+        self.provenance.record(
+            result.indices[ran],
+            None if seconds is None or len(seconds) != len(ran) else seconds[ran],
+            result.host,
+            result.batch_job,
+            result.peak_rss,
+        )
+        self.provenance.save_if_due()
         if not result.name:
             return
         file = task_file_name(result.name)
@@ -97,6 +115,13 @@ class StepIndex:
             loc.put(file, ok)
         self.failures.drop(ok)
         self.failures.put(file, failed)
+
+    def reused(self, origin_dir: Path, new: np.ndarray, old: np.ndarray) -> None:
+        """Elements ``new`` are elements ``old`` of the step in ``origin_dir`` (a restart
+        links them): they keep the provenance that run recorded, if it did."""
+        earlier = Provenance.read(origin_dir)
+        if earlier is not None:
+            self.provenance.take(earlier, new, old)
 
     def drop(self, indices: np.ndarray) -> None:
         """Elements ``indices`` are not to be read (damaged): computed again."""
@@ -130,6 +155,7 @@ class StepIndex:
                 save_index(loc)
             except OSError as e:
                 logger.warning("cannot write the index of %s: %s", loc.folder, e)
+        self.provenance.save()
 
     def locations(self, out: str) -> Locations:
         return self.values[out]

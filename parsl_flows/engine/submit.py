@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..lock import RunLock, RunLockedError
 from ..status import FINAL_RUN_STATES, RunRecord, StepStatus
 from ..store import default_store, file_exists, load_pickle, write_pickle
@@ -20,6 +22,8 @@ from ..workflow import Builder, Map, Workflow
 from .environment import ExecutionEnvironment
 from .orchestrator import Execution, StepLog
 from .pickling import register_for_workers
+from .recompute import Recompute
+from .reuse import origin_step_dir
 from .slurm import cancel_jobs
 from .stopping import live_executions
 
@@ -43,8 +47,9 @@ def start(
             f"submit() takes a built workflow, flows.workflow.build(flow.on(env), **inputs), "
             f"not {builder!r}"
         )
-    builder.validate()
+    shapes = builder.validate()
     wf = builder.workflow
+    _check_recompute(builder, shapes)
     if not isinstance(wf.environment, ExecutionEnvironment):
         raise TypeError(
             f"workflow {wf.name!r} runs on {wf.environment!r}, which is not an execution "
@@ -104,11 +109,47 @@ def start(
     if origin is not None and not file_exists(origin / "run.json"):
         StepLog(run_dir / "log.txt")(f"cannot reuse results: run {origin} is gone")
         origin = None
+    recompute = Recompute(builder.recompute if origin is not None else None)
+    for name, chosen in recompute.chosen.items():
+        StepLog(run_dir / "log.txt")(f"recompute asked: {len(chosen)} elements of step {name}")
     execution = Execution(
-        run_dir, wf, inputs, statuses, root / "parsl-runinfo", lock=lock, reuse_from=origin
-    )
+        run_dir, wf, inputs, statuses, root / "parsl-runinfo", lock=lock, reuse_from=origin,
+        recompute=recompute,
+    )  # fmt: skip
     execution.start()
     return execution
+
+
+def _check_recompute(builder: Builder, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Elements to recompute name steps of the plan, over the shapes the restart has."""
+    if not builder.recompute:
+        return
+    if not builder.restarted_from:
+        raise ValueError(
+            "recompute= names elements not to reuse from an earlier run; this builder is "
+            "not a restart (use run.get_builder_restart(recompute=...))"
+        )
+    nodes = {n.name: n for n in builder.workflow.nodes}
+    origin = Path(builder.restarted_from)
+    for name, chosen in builder.recompute.items():
+        node = nodes.get(name)
+        if node is None:
+            raise ValueError(f"recompute: the plan has no step {name!r} (steps: {list(nodes)})")
+        if not isinstance(node, Map):
+            continue
+        step_dir = origin_step_dir(origin, name)
+        before = StepStatus.load(step_dir).shape if step_dir is not None else None
+        now = shapes.get(node.outputs[0])
+        if before is not None and now is not None and tuple(before) != tuple(now):
+            raise ValueError(
+                f"recompute: the elements of map {name!r} were chosen over its shape "
+                f"{tuple(before)} in run {origin.name}, but the restart's inputs give it "
+                f"shape {tuple(now)}; choose them after changing the inputs, or leave "
+                "recompute out (changed inputs are computed anyway)"
+            )
+        size = int(np.prod(before if before is not None else now or (), dtype=np.int64))
+        if len(chosen) and (int(np.max(chosen)) >= size or int(np.min(chosen)) < 0):
+            raise ValueError(f"recompute: elements of map {name!r} go past its {size} elements")
 
 
 def resume(run_dir: Path) -> Execution | None:

@@ -58,6 +58,9 @@ class TaskSpec:
     driver_pid: int = 0  # a worker in this process is the driver's own thread (thread pool)
     #: A map task's name: its files are ``task-<name>.pickle`` (``element_folders``).
     name: str = ""
+    #: The memory (MB) each element may allocate beyond what its worker holds: the step's
+    #: ``resources`` memory, grown by ``retry_resources`` on later attempts (``memory_limit``).
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ class TaskResult:
     #: elements that succeeded, in the order of ``indices``; the ``exception`` one those
     #: that failed (any code but OK and NOT_RUN), in that order.  "" for a plain call.
     name: str = ""
+    #: float32, ``element_seconds[k]``: element ``indices[k]``'s seconds on the worker (its
+    #: inputs gathered, its call, its result pickled); None when not measured (a result
+    #: the driver makes itself).  The driver keeps them as the map's provenance.
+    element_seconds: np.ndarray | None = None
+    #: The worker process's peak resident memory in bytes when the task ended
+    #: (``ru_maxrss``: the largest so far, this task's or an earlier one's); 0: unknown.
+    peak_rss: int = 0
 
     @classmethod
     def of(cls, verdicts: list[tuple[int, int, str]], name: str = "") -> TaskResult:

@@ -32,7 +32,8 @@ from ..store import (
     write_pickle,
 )
 from .chunking import ChunkSizer
-from .failures import exception_bytes
+from .failures import describe, exception_bytes
+from .memory_kills import out_of_memory_kill
 from .reuse import has_every_output
 from .runner import runner
 from .step_index import StepIndex
@@ -288,11 +289,16 @@ class StepTasks:
         if type(exc).__name__ in ("BadStateException", "TooManyJobFailuresError"):
             jobs = runner.batch_jobs(self.executor)
             cause = "block failed" + (f" (scheduler job(s) {', '.join(jobs)})" if jobs else "")
-        self.log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         # Only a lost worker or pool says where the task stopped; any other failure (a
         # block that cannot start) hit every element alike.
         in_order = type(exc).__name__ in _LOST
         error = InfrastructureError(cause, detail)
+        if in_order:  # a pool that Slurm killed for memory (``memory_kills``)
+            logdir, blocks = runner.blocks(self.executor)
+            oom = out_of_memory_kill(exc, logdir, blocks, self.st.name, task.memory_mb)
+            if oom is not None:
+                cause, detail, error = "out of memory", str(oom), oom
+        self.log(f"a Parsl task of {len(task.indices)} element(s) failed: {cause}: {detail}")
         if task.name:
             return self._lost_map_task(task, error, in_order)
         return self._lost_call(task, error, in_order)
@@ -324,7 +330,7 @@ class StepTasks:
                 verdicts.append((n, NOT_RUN, ""))  # not run, or its value was not kept
             else:
                 suspect_found = in_order
-                failed.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}", b""))
+                failed.append((n, INFRASTRUCTURE, describe(error), b""))
         name = f"{task.name}-salvaged"
         failures = [(n, code, message) for n, code, message, _ in failed]
         try:
@@ -364,7 +370,7 @@ class StepTasks:
                     for out in self.st.outputs:  # whole or absent: never a partial result
                         remove_element(str(step_dir / "return_values" / out), n)
                     write_pickle(exc_file, error)
-                verdicts.append((n, INFRASTRUCTURE, f"InfrastructureError: {error}"))
+                verdicts.append((n, INFRASTRUCTURE, describe(error)))
         return TaskResult.of(verdicts)
 
 

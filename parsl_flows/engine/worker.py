@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from ..store import (
     write_pickle,
 )
 from .failures import UnpicklableError, describe, store_failure
+from .memory_limit import MemoryLimit, out_of_memory
 from .task_inputs import cached_load, mapped_getters, whole
 from .task_outputs import TaskOutputs
 from .task_spec import (
@@ -74,6 +77,10 @@ def _walltime_message(step: Any, n: int, task: TaskSpec) -> str:
     )
 
 
+def _where(task: TaskSpec, n: int) -> str:
+    return f"element {n}" if task.mapspec else "the call"
+
+
 def _end_worker(
     exc_file: Path, message: str, writer: TaskWriter | None, n: int
 ) -> Callable[[], None]:
@@ -109,6 +116,10 @@ def run_task(task: TaskSpec) -> TaskResult:
     task_name = task.name or f"{task.indices[0]}-{uuid.uuid4().hex[:8]}"
     writer = TaskWriter(task.step_dir, task_name, step.returns, len(indices)) if spec else None
     start = time.perf_counter()
+    # A time stamp after each element (a list append: ~0.1 µs an element); element k took
+    # stamps[k + 1] - stamps[k], its inputs gathered, its call, its result pickled.
+    stamps = [start]
+    stamp, clock = stamps.append, time.perf_counter  # locals: no lookups per element
     for k, n in enumerate(task.indices):
         kwargs = dict(broadcast)
         for name, get in getters:
@@ -117,6 +128,7 @@ def run_task(task: TaskSpec) -> TaskResult:
         if code:
             codes[k] = code
             failures[n] = (message, retryable)
+        stamp(clock())
     if writer is not None:
         error = writer.finish()
         if error:  # nothing of the task is in the store: each element lost to it (402)
@@ -129,9 +141,18 @@ def run_task(task: TaskSpec) -> TaskResult:
     host = os.uname().nodename
     job = os.environ.get("SLURM_JOB_ID", "")
     values, kinds = kept.finish() if kept else ({}, {})
+    files = task_name if spec else ""
+    each = np.diff(np.asarray(stamps)).astype(np.float32)
     return TaskResult(
-        indices, codes, seconds, failures, host, job, values, kinds, task_name if spec else ""
+        indices, codes, seconds, failures, host, job, values, kinds, files, each, _peak_rss()
     )
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (``ru_maxrss``: KiB on Linux,
+    bytes on macOS).  Per process, not per task: a worker's figure never goes down."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _failed(
@@ -141,6 +162,7 @@ def _failed(
     raised: BaseException,
     writer: TaskWriter | None = None,
     code: int = 0,
+    limit: MemoryLimit | None = None,
 ) -> tuple[int, str, bool]:
     """Keep what element ``n`` raised: (code, message, retryable), as ``_run_element``."""
     e = raised
@@ -148,6 +170,10 @@ def _failed(
         e = TimeoutError(_walltime_message(step, n, task))
     code = code or (MISSING_OUTPUT if isinstance(e, MissingOutputError) else USER_ERROR)
     retryable = code == INFRASTRUCTURE or task.retry_on is None or isinstance(e, task.retry_on)
+    if limit is not None and (oom := out_of_memory(e, limit, step, _where(task, n))):
+        # 402, and not worth running again as it was: the driver retries it only with
+        # more memory (retry_resources)
+        e, code, retryable = oom, INFRASTRUCTURE, False
     if writer is None:
         return code, store_failure(step.returns, task.step_dir, n, e), retryable
     message = describe(e)
@@ -177,21 +203,27 @@ def _run_element(
     infrastructure failure (402), and no half-written file is left behind.
     """
     step_dir = task.step_dir
+    # The step's memory, in a worker process only: in the driver's thread pool the limit
+    # would hold the driver itself.
+    limit = None
+    if task.memory_mb and os.getpid() != task.driver_pid:
+        limit = MemoryLimit(task.memory_mb)
     try:
-        if task.walltime_s:
-            message = _walltime_message(step, n, task)
-            in_worker = os.getpid() != task.driver_pid
-            exc_file = element_path(Path(step_dir) / "exception", n)
-            hard_stop = _end_worker(exc_file, message, writer, n) if in_worker else None
-            with Deadline(task.walltime_s, message, hard_stop):
+        with limit or contextlib.nullcontext():  # put back before the failure is kept
+            if task.walltime_s:
+                message = _walltime_message(step, n, task)
+                in_worker = os.getpid() != task.driver_pid
+                exc_file = element_path(Path(step_dir) / "exception", n)
+                hard_stop = _end_worker(exc_file, message, writer, n) if in_worker else None
+                with Deadline(task.walltime_s, message, hard_stop):
+                    returned = step.callable(**kwargs)
+            else:
                 returned = step.callable(**kwargs)
-        else:
-            returned = step.callable(**kwargs)
         outputs = step.output_values(returned)
     except BaseException as raised:  # SystemExit, KeyboardInterrupt: the element's, not ours
         # Not kept in a local of this frame, which the exception's traceback holds: that
         # cycle would leave each failure to the garbage collector.
-        return _failed(task, step, n, raised, writer)
+        return _failed(task, step, n, raised, writer, limit=limit)
     if writer is not None:
         return _keep(task, step, n, outputs, kept, writer)
     out = ""
