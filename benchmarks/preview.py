@@ -9,8 +9,9 @@ then, in this process, times ``flows.preview`` of a restart of it three ways:
   made from the run's coordinates is timed with it, as ``get_builder_restart`` does it);
 - the resume preview of the finished run.
 The baselines, in the same invocation: the run itself (its ``flows.run`` wall time), and
-``builder.validate()`` (what a submit checks before anything runs).  Prints the median of ``--repeat`` for each, and checks
-the counts (unchanged: all reused; recompute: the tenth and what reads it computed).
+``builder.validate()`` (what a submit checks before anything runs).  Prints the median
+of ``--repeat`` for each, and checks the counts (unchanged: all reused; recompute: the
+tenth and what reads it computed).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
         print(f"run of {args.n} elements: {seconds:.1f} s, status {run.status}")
         builder = run.get_builder_restart()
         base = timed("validate (baseline)", builder.validate, args.repeat)
+        print(f"preview/validate: {base and 1 / base:.0f} validations a second as the floor")
         plain = timed("preview, unchanged", lambda: flows.preview(builder), args.repeat)
         p = flows.preview(builder)
         assert p.compute == 0 and p.reuse == 2 * args.n + 1, str(p)
