@@ -38,8 +38,7 @@ from .recompute import Recompute
 from .reuse import KEYS_FILE, present_elements, take_from_run
 from .runner import runner
 from .step_index import StepIndex, drop_damaged_results
-from .tasks import StepTasks, remove_exceptions
-from .worker import (
+from .task_spec import (
     INFRASTRUCTURE,
     MISSING_OUTPUT,
     NOT_RUN,
@@ -49,6 +48,7 @@ from .worker import (
     TaskResult,
     TaskSpec,
 )
+from .tasks import StepTasks, remove_exceptions
 
 __all__ = ["INFRA_RETRIES", "RunContext", "StepExecution"]
 

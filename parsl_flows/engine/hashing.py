@@ -19,7 +19,7 @@ import numpy as np
 
 from ..mapspec import ArraySpec, MapSpec
 from ..workflow import Call, Map, as_mapped_array
-from .worker import Source
+from .task_spec import Source
 
 __all__ = ["KEY_DTYPE", "code_key", "combine", "element_keys_of_value", "value_key"]
 

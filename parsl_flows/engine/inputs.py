@@ -17,7 +17,7 @@ import numpy as np
 from ..mapspec import ArraySpec, MapSpec
 from ..store import load_pickle, present_indices
 from ..workflow import mapped_shape
-from .worker import Source
+from .task_spec import Source
 
 __all__ = ["MappedInputs"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .worker import OK, TaskResult
+from .task_spec import OK, TaskResult
 
 __all__ = ["NumbersBack"]
 

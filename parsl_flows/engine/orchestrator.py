@@ -35,11 +35,11 @@ from .numbers_back import NumbersBack
 from .outcomes import exit_code_of
 from .recompute import Recompute
 from .runner import runner
-from .tasks import STOP_POLL_SECONDS
-from .worker import (
+from .task_spec import (
     INFRASTRUCTURE,
     Source,
 )
+from .tasks import STOP_POLL_SECONDS
 
 __all__ = ["Execution", "RunInterrupted", "StepLog", "exit_code_of"]
 

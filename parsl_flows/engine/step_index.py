@@ -29,8 +29,8 @@ from ..element_folders import OWN, Locations, locate, save_index, task_file_name
 from ..files import drop_damaged, element_path, is_intact, remove_element
 from ..provenance import Provenance
 from ..ranges import common, compress, without
+from .task_spec import NOT_RUN, OK, TaskResult
 from .task_writer import read_journal, write_values
-from .worker import NOT_RUN, OK, TaskResult
 
 __all__ = ["StepIndex", "drop_damaged_results"]
 

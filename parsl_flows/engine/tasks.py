@@ -37,8 +37,7 @@ from .memory_kills import out_of_memory_kill
 from .reuse import has_every_output
 from .runner import runner
 from .step_index import StepIndex
-from .task_writer import journal_path, read_journal, write_failures, write_values
-from .worker import (
+from .task_spec import (
     INFRASTRUCTURE,
     MISSING_OUTPUT,
     NOT_RUN,
@@ -47,6 +46,7 @@ from .worker import (
     TaskResult,
     TaskSpec,
 )
+from .task_writer import journal_path, read_journal, write_failures, write_values
 
 __all__ = ["StepTasks", "remove_exceptions"]
 
