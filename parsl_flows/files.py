@@ -258,6 +258,14 @@ _LOCAL_FILESYSTEMS = frozenset(
 )
 
 
+def on_local_filesystem(path: str | os.PathLike[str]) -> bool:
+    """Is ``path`` on a filesystem of this machine (ext4, tmpfs, ...), not a shared one?
+
+    What decides how often the driver rewrites its own files there, and whether a folder
+    needs refreshing before it is listed."""
+    return filesystem_type(path) in _LOCAL_FILESYSTEMS
+
+
 def filesystem_type(path: str | os.PathLike[str]) -> str | None:
     """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``, ``fuse.sshfs``...),
     from ``/proc/self/mountinfo``; None where that cannot tell (not Linux)."""
@@ -291,7 +299,7 @@ def refresh_folder(folder: str | os.PathLike[str]) -> None:
     what a listing misses as "compute again" and open what it finds.  Nothing is done on
     a local filesystem, whose folders would only get a new time stamp.
     """
-    if filesystem_type(folder) in _LOCAL_FILESYSTEMS:
+    if on_local_filesystem(folder):
         return
     marker = os.path.join(folder, f".refresh.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import _LOCAL_FILESYSTEMS, filesystem_type, write_bytes
+from .files import on_local_filesystem, write_bytes
 
 __all__ = ["PROVENANCE_FILE", "Provenance"]
 
@@ -213,7 +213,7 @@ class Provenance:
         if not self._changed:
             return
         if self._every is None:
-            local = filesystem_type(self.step_dir) in _LOCAL_FILESYSTEMS
+            local = on_local_filesystem(self.step_dir)
             self._every = SAVE_SECONDS_LOCAL if local else SAVE_SECONDS_SHARED
         if time.monotonic() - self._saved_at >= self._every:
             self.save()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..element_folders import read_task_file, task_file_name
 from ..errors import InfrastructureError
-from ..files import DamagedFileError, filesystem_type
+from ..files import DamagedFileError, on_local_filesystem
 from ..ranges import common
 from ..status import StepStatus
 from ..store import (
@@ -56,7 +56,6 @@ _LOST = {"WorkerLost": "worker lost", "ManagerLost": "worker pool lost"}
 #: filesystem every write is a round trip to a server all users share.
 _FLUSH_SECONDS = 0.5
 _FLUSH_SECONDS_SHARED = 5.0
-_LOCAL = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "tmpfs", "ramfs", "overlay", "apfs"}
 #: How often waiting loops look whether the run was told to stop.
 STOP_POLL_SECONDS = 0.25
 #: Without any task finishing for this long, look for tasks finished in the store.
@@ -103,8 +102,8 @@ class StepTasks:
         self.st, self.executor = st, st.executor
         #: A map's index: each task's files are added to it as the task comes back.
         self.index = index
-        kind = filesystem_type(step_dir) if step_dir is not None else None
-        self.flush_seconds = _FLUSH_SECONDS if kind in _LOCAL else _FLUSH_SECONDS_SHARED
+        local = step_dir is not None and on_local_filesystem(step_dir)
+        self.flush_seconds = _FLUSH_SECONDS if local else _FLUSH_SECONDS_SHARED
         self.check_stop, self.save = check_stop, save
         self.note_helpers, self.log = note_helpers, log
         #: Called once, when the first task comes back (Parsl and its workers are up then).
