@@ -9,9 +9,12 @@ that cannot be hashed gives no key, and the step simply runs again.
 
 from __future__ import annotations
 
+import dis
+import functools
 import hashlib
+import weakref
 from collections.abc import Callable, Iterable
-from types import CodeType, ModuleType
+from types import CodeType, MethodType, ModuleType
 from typing import Any
 
 import cloudpickle
@@ -44,69 +47,192 @@ def code_key(func: Any) -> tuple[bytes | None, str]:
 
     Built from the bytecode, constants and names of the function and, recursively, of
     the functions and steps it calls through its globals, plus the values of the other
-    globals, defaults and closure cells it reads.  (Pickle bytes are not stable: a plan
-    read back from the store pickles differently from the one first defined.)
+    globals, defaults and closure cells it reads (and, for a method, of its object).
+    (Pickle bytes of code are not stable: a plan read back from the store pickles
+    differently from the one first defined.)
+
+    The same function has the same key wherever it comes from: its module, a fresh
+    process that imports it, or a plan unpickled from the store (a function of a notebook
+    or script travels by value and comes back with only the globals its code loads).
+
+    >>> def f(data):
+    ...     import hashlib  # a name of this module's globals too: not one f reads
+    ...     return hashlib.sha1(data).hexdigest()
+    >>> copy = cloudpickle.loads(cloudpickle.dumps(f))  # as a stored plan comes back
+    >>> code_key(copy) == code_key(f)
+    True
     """
     try:
-        return _digest(_code_parts(func, set())), ""
+        return _digest(_code_parts(func, {})), ""
     except Exception as e:
         return None, f"its code cannot be hashed ({type(e).__name__}: {e})"
 
 
-def _code_parts(func: Any, seen: set[int]) -> bytes:
+def _code_parts(func: Any, seen: dict[int, Any]) -> bytes:
     func = getattr(func, "callable", func)  # a Step: its function
+    if isinstance(func, functools.partial):
+        return _digest(
+            b"<partial>",
+            _code_parts(func.func, seen),
+            _values_bytes(func.args, seen),
+            _values_bytes(func.keywords, seen),
+        )
     code = getattr(func, "__code__", None)
-    if code is None:  # a class, a builtin: known by name
+    if code is None:
+        call: Any = type(func).__call__ if callable(func) and not isinstance(func, type) else None
+        if hasattr(call, "__code__"):  # an object whose class defines __call__
+            return _code_parts(MethodType(call, func), seen)
+        # a class, a builtin: known by name
         return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', func)}".encode()
-    if id(code) in seen:
+    # Functions, not code objects: the closures one factory or decorator makes share
+    # their code, and each needs its own key.  ``seen`` holds them, so no id is reused.
+    if id(func) in seen:
         return b"<recursion>"
-    seen.add(id(code))
+    seen[id(func)] = func
     parts = [_code_bytes(code)]
     globs = getattr(func, "__globals__", {})
-    for name in sorted(_names(code)):
+    for name in sorted(_global_names(code)):
         if name not in globs:
             continue
         value = globs[name]
         parts.append(name.encode())
         parts.append(_reference_bytes(value, seen))
-    for value in (func.__defaults__, func.__kwdefaults__):
-        parts.append(_reference_bytes(value, seen))
+    for values in (func.__defaults__, func.__kwdefaults__):
+        parts.append(_values_bytes(values, seen))
     for cell in func.__closure__ or ():
         parts.append(_reference_bytes(cell.cell_contents, seen))
+    owner = getattr(func, "__self__", None)  # a bound method: what it is bound to
+    if owner is not None:
+        parts.append(_owner_bytes(owner, seen))
     return _digest(*parts)
 
 
-def _reference_bytes(value: Any, seen: set[int]) -> bytes:
+def _is_code(value: Any) -> bool:
+    value = getattr(value, "callable", value)
+    return isinstance(value, functools.partial) or (callable(value) and hasattr(value, "__code__"))
+
+
+def _reference_bytes(value: Any, seen: dict[int, Any]) -> bytes:
     if isinstance(value, ModuleType):
         return value.__name__.encode()
-    if callable(getattr(value, "callable", value)) and hasattr(
-        getattr(value, "callable", value), "__code__"
-    ):
+    if _is_code(value):
         return _code_parts(value, seen)
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}".encode()
-    key, _ = value_key(value)
-    return key or f"<unhashable {type(value).__name__}>".encode()
+    try:
+        return _digest(_canonical_pickle(value))
+    except Exception:
+        return f"<unhashable {type(value).__name__}>".encode()
 
 
-def _names(code: CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            names |= _names(const)
+def _values_bytes(values: tuple[Any, ...] | dict[str, Any] | None, seen: dict[int, Any]) -> bytes:
+    """Defaults, or a partial's arguments: as one value, unless there is code among them,
+    which is keyed by what it is (a function pickled by name would not follow its code,
+    one pickled by value would follow where it is written)."""
+    items = list(values.items()) if isinstance(values, dict) else list(enumerate(values or ()))
+    if not any(_is_code(v) for _, v in items):
+        return _reference_bytes(values, seen)
+    return _digest(*(p for k, v in items for p in (repr(k).encode(), _reference_bytes(v, seen))))
+
+
+def _owner_bytes(owner: Any, seen: dict[int, Any]) -> bytes:
+    """The object a method is bound to: its class by name, its attributes by value."""
+    state = getattr(owner, "__dict__", None)
+    if isinstance(owner, type | ModuleType) or not isinstance(state, dict):
+        return _reference_bytes(owner, seen)
+    cls = type(owner)
+    return _digest(
+        f"{cls.__module__}.{cls.__qualname__}".encode(),
+        *(p for k in sorted(state) for p in (str(k).encode(), _reference_bytes(state[k], seen))),
+    )
+
+
+# What a function reads from its globals: names the code loads, stores or deletes as
+# globals (LOAD_NAME: in a class body).  Not every name in co_names: those include
+# attributes (``x.data``) and modules imported in the body (``import numpy as np`` names
+# ``numpy``), which would make the key depend on which globals happen to be around: a
+# function pickled by value comes back with only the globals it loads.
+_GLOBAL_OPS = frozenset(
+    dis.opmap[name]
+    for name in (
+        "LOAD_GLOBAL",
+        "STORE_GLOBAL",
+        "DELETE_GLOBAL",
+        "LOAD_NAME",
+        "LOAD_FROM_DICT_OR_GLOBALS",  # Python 3.12: a class body's names, in PEP 695 scopes
+    )
+    if name in dis.opmap
+)
+_GLOBAL_NAMES: weakref.WeakKeyDictionary[CodeType, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _global_names(code: CodeType) -> frozenset[str]:
+    names = _GLOBAL_NAMES.get(code)
+    if names is None:
+        found = {i.argval for i in dis.get_instructions(code) if i.opcode in _GLOBAL_OPS}
+        for const in code.co_consts:
+            if isinstance(const, CodeType):  # nested functions, comprehensions, classes
+                found |= _global_names(const)
+        names = _GLOBAL_NAMES[code] = frozenset(found)
     return names
 
 
 def _code_bytes(code: CodeType) -> bytes:
-    consts = [
-        _code_bytes(c) if isinstance(c, CodeType) else repr(c).encode() for c in code.co_consts
-    ]
+    consts = [_const_bytes(c) for c in code.co_consts]
     return _digest(
         code.co_code,
         *consts,
         repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode(),
         repr((code.co_argcount, code.co_kwonlyargcount, code.co_name)).encode(),
     )
+
+
+def _const_bytes(const: Any) -> bytes:
+    if isinstance(const, CodeType):
+        return _code_bytes(const)
+    if isinstance(const, frozenset) and not _numbers_only(const):
+        # ``x in {"a", "b"}``: the order of a set of strings changes with each process
+        return f"frozenset({sorted(repr(c) for c in const)})".encode()
+    return repr(const).encode()
+
+
+_NUMBERS = frozenset({int, float, complex, bool, type(None)})
+
+
+def _numbers_only(values: set[Any] | frozenset[Any]) -> bool:
+    """Whether a set holds only numbers, whose hashes (so the set's order) are the same
+    in every process; those of strings and bytes are salted per process."""
+    return all(type(v) in _NUMBERS for v in values)
+
+
+def _canonical_pickle(value: Any) -> bytes:
+    """Cloudpickle's bytes of ``value``, its sets of strings in one order in every process."""
+    return cloudpickle.dumps(_sets_in_order(value, set()))
+
+
+def _sets_in_order(value: Any, active: set[int]) -> Any:
+    """``value`` with each set in it that holds more than numbers replaced by its items,
+    sorted (by their pickles); ``value`` itself (the same bytes as ever) when it holds none.
+
+    Pickle writes a set in its order, which for strings changes from process to process.
+    (Sets are written by the pickler itself: a ``reducer_override`` never sees them.)
+    """
+    kind = type(value)
+    if kind in (set, frozenset):
+        if _numbers_only(value):
+            return value
+        return (f"<{kind.__name__}>", *sorted(_canonical_pickle(v) for v in value))
+    if kind not in (list, tuple, dict) or id(value) in active:
+        return value
+    active.add(id(value))
+    try:
+        old = list(value.items()) if kind is dict else list(value)
+        new = [_sets_in_order(v, active) for v in old]  # a dict's items are pairs
+    finally:
+        active.discard(id(value))
+    if all(a is b for a, b in zip(new, old, strict=True)):
+        return value
+    return dict(new) if kind is dict else kind(new)
 
 
 def value_key(value: Any) -> tuple[bytes | None, str]:
