@@ -34,6 +34,8 @@ class StepStatus:
     outputs: list[str]
     mapspec: str | None = None
     max_restarts: int = 1
+    # The attributes the step gives its outputs' variables in datasets (@step(attrs=...))
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     state: str = "waiting"
     exit_code: int | None = None
     message: str = ""

@@ -22,7 +22,10 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, overload
+
+from .attributes import check_attrs
 
 __all__ = ["Resources", "RetryResources", "Step", "step"]
 
@@ -218,12 +221,15 @@ class Step:
 
     Attributes: ``name``, ``parameters`` (names, in signature order), ``returns`` (output
     names), ``resources`` (:class:`Resources`), ``retry_resources``
-    (:class:`RetryResources`: how memory grows with attempts), ``callable`` (the raw
+    (:class:`RetryResources`: how memory grows with attempts), ``attrs`` (per output, the
+    attributes of its variable in datasets: :func:`check_attrs`), ``callable`` (the raw
     function), and ``defaults`` (parameters that have default values).
     """
 
     #: Steps pickled before ``retry_resources`` existed (stored plans) have none.
     retry_resources: RetryResources = RetryResources()
+    #: Nor had those pickled before ``attrs`` any attributes (never changed in place).
+    attrs: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
 
     def __init__(
         self,
@@ -231,6 +237,7 @@ class Step:
         returns: str | tuple[str, ...] = "_return_value",
         resources: Mapping[str, Any] | None = None,
         retry_resources: Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if isinstance(func, Step):
             func = func.callable
@@ -242,6 +249,7 @@ class Step:
         self.parameters, self.defaults = _check_signature(func, self.name)
         self.resources = Resources.from_dict(resources, self.name)
         self.retry_resources = RetryResources.from_dict(retry_resources, self.resources, self.name)
+        self.attrs = check_attrs(attrs, self.returns, self.name)
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -332,6 +340,7 @@ def step(
     returns: str | tuple[str, ...] = ...,
     resources: Mapping[str, Any] | None = ...,
     retry_resources: Mapping[str, Any] | None = ...,
+    attrs: Mapping[str, Mapping[str, Any]] | None = ...,
 ) -> Step: ...
 
 
@@ -342,6 +351,7 @@ def step(
     returns: str | tuple[str, ...] = ...,
     resources: Mapping[str, Any] | None = ...,
     retry_resources: Mapping[str, Any] | None = ...,
+    attrs: Mapping[str, Mapping[str, Any]] | None = ...,
 ) -> Callable[[Callable[..., Any]], Step]: ...
 
 
@@ -351,6 +361,7 @@ def step(
     returns: str | tuple[str, ...] = "_return_value",
     resources: Mapping[str, Any] | None = None,
     retry_resources: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Step | Callable[[Callable[..., Any]], Step]:
     """Mark a function as a workflow step.
 
@@ -360,10 +371,19 @@ def step(
     where each call must run, and holds each call and element to its memory and walltime.
     ``retry_resources={"memory": 2}`` (or a function of the attempt number) gives each
     attempt more memory, and retries elements that ran out of it (see
-    :class:`RetryResources`).
+    :class:`RetryResources`).  ``attrs={"charge": {"units": "C", "long_name": "..."}}``
+    gives, per output, the attributes of its variable in a map's dataset and
+    ``dataset.nc`` (CF attributes: ``units`` as UDUNITS writes them, ``long_name``,
+    ``standard_name``, ...; see :func:`check_attrs`).
     """
     if func is None:
         return lambda f: Step(
-            f, returns=returns, resources=resources, retry_resources=retry_resources
+            f,
+            returns=returns,
+            resources=resources,
+            retry_resources=retry_resources,
+            attrs=attrs,
         )
-    return Step(func, returns=returns, resources=resources, retry_resources=retry_resources)
+    return Step(
+        func, returns=returns, resources=resources, retry_resources=retry_resources, attrs=attrs
+    )

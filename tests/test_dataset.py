@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from parsl_flows.store import FileBasedObjectArray, element_path, write_pickle
 from parsl_flows.workflow import concurrently, map_, new_workflow
 
 #: The provenance variables of each map step, ``<step>_<name>`` (tests/test_provenance.py).
-PROVENANCE = ("seconds", "host", "job", "attempt", "peak_rss")
+PROVENANCE = ("seconds", "host", "job", "attempt", "run", "peak_rss")
 
 # -- arrays on their own (no run, no Parsl) ------------------------------------------------
 
@@ -429,7 +430,10 @@ def test_ncdump_reads_the_header(seed_nc) -> None:
     ).stdout
     assert "a = 10 ;" in out and "b = 20 ;" in out
     assert "double charge(a, b) ;" in out
-    assert "string modified_get_charge_error(a, b) ;" in out
+    # Texts as fixed-width characters (CF's classic model), not netCDF strings.
+    assert re.search(r"char modified_get_charge_error\(a, b, string\d+\) ;", out), out
+    assert "string " not in out
+    assert ':Conventions = "CF-1.10" ;' in out
     assert ':mapspec = "electrostatics[i, j] -> charge[i, j]" ;' in out
 
 
@@ -767,3 +771,42 @@ def test_errors_written_entry_by_entry_read_as_xarray_writes_them(
         for name in ds.data_vars:
             xr.testing.assert_identical(ours[name], whole[name])
         assert int((ours.f_error != "").sum()) == failed
+
+
+@pytest.mark.parametrize("shape", [(1000,), (20, 50), (3, 4, 2000)])
+def test_errors_are_characters_read_back_in_blocks(
+    tmp_path: Path, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dataset.nc holds texts as fixed-width characters (CF's classic model), as wide as
+    # the longest; the library reads them back a block of rows at a time (small blocks
+    # here), decoding only the entries that are not empty, as xarray reads them.
+    from parsl_flows.dataset import netcdf
+    from parsl_flows.dataset.reading import MAX_ERROR_BYTES, _cut
+
+    monkeypatch.setattr(netcdf, "_TEXT_CHUNK_BYTES", 1 << 16)  # (3, 4, 2000): parts of rows
+    monkeypatch.setattr(netcdf, "_TEXT_BLOCK_BYTES", 1 << 18)
+    errors = np.full(int(np.prod(shape)), "", dtype=object)
+    for k, n in enumerate(np.random.default_rng(1).choice(errors.size, 40, replace=False)):
+        errors[n] = f"ValueError: élément {n}" + "!" * k
+    errors[7] = _cut("MemoryError: " + "ü" * 2000)  # cut to the limit, on a character
+    assert len(errors[7].encode()) <= MAX_ERROR_BYTES and errors[7].endswith("ü…")
+    dims = tuple(f"d{k}" for k in range(len(shape)))
+    ds = xr.Dataset({"f_error": (dims, errors.reshape(shape), {"long_name": "e"})})
+    netcdf._write_netcdf(ds, tmp_path / "e.nc", {})
+    with xr.open_dataset(tmp_path / "e.nc") as back:
+        assert back.f_error.encoding["dtype"] == np.dtype("S1")  # characters
+        np.testing.assert_array_equal(back.f_error.values, ds.f_error.values)
+    got = netcdf._read_texts(tmp_path / "e.nc", "f_error")
+    assert got is not None and got.dtype == object
+    np.testing.assert_array_equal(got, ds.f_error.values)
+
+
+def test_errors_of_files_written_as_netcdf_strings_still_read(tmp_path: Path) -> None:
+    # dataset.nc files written before errors were characters hold netCDF strings.
+    from parsl_flows.dataset import netcdf
+
+    errors = np.array(["", "ValueError: x", ""], dtype=object)
+    xr.Dataset({"f_error": (("a",), errors)}).to_netcdf(tmp_path / "old.nc", engine="netcdf4")
+    assert netcdf._read_texts(tmp_path / "old.nc", "f_error") is None  # xarray reads them
+    with xr.open_dataset(tmp_path / "old.nc") as back:
+        assert back.f_error.values.tolist() == errors.tolist()

@@ -21,7 +21,7 @@ PACKAGE = Path(parsl_flows.__file__).parent
 
 LAYERS = {
     "grammar": ["errors", "mapspec", "ranges"],
-    "plan": ["step", "nodes", "shapes", "workflow", "visualize"],
+    "plan": ["attributes", "step", "nodes", "shapes", "workflow", "visualize"],
     "store": [
         "files",
         "element_folders",

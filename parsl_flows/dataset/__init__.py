@@ -8,7 +8,8 @@ values the map swept over, and which carries, for every output ``<name>``:
   shape, which adds the dimensions ``<name>_dim_0``, ...), object-valued otherwise;
 - ``<name>_mask``: True where the element is missing (failed, or never submitted);
 
-and for every map step ``<step>_error`` (``"ValueError: ..."``, empty where none),
+and for every map step ``<step>_error`` (``"ValueError: ..."``, empty where none; cut
+after ``MAX_ERROR_BYTES``),
 ``<step>_attempts`` (how many attempts each element took; 0 if never submitted) and its
 provenance (``parsl_flows.provenance``): ``<step>_seconds``, ``<step>_host``,
 ``<step>_job``, ``<step>_attempt`` and ``<step>_peak_rss``, not recorded (NaN, "", 0)
@@ -28,6 +29,9 @@ an element file when the element is asked for; numeric ones are read at once, by
 threads (unless bigger than ``MAX_NUMERIC_BYTES`` in all: those stay lazy objects).
 :func:`write_step_dataset` stores the numeric part as ``dataset.nc``, which any netCDF
 reader opens; object-valued outputs stay in their pickles and the file names them.
+The file, and the Dataset, follow the CF conventions (CF-1.10: :mod:`.cf` says how):
+a ``long_name`` on every variable, the user's ``units`` (``@step(attrs=...)``, a swept
+``xarray.DataArray``'s attributes), masks as flag variables, texts as characters.
 
 >>> import numpy as np
 >>> ds = array_to_xarray(np.ma.masked_array([1.5, 2.5, 3.5], mask=[0, 1, 0]), name="y")

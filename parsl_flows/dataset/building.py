@@ -15,9 +15,18 @@ import numpy as np
 import xarray as xr
 
 from ..status import RunRecord, StepStatus
+from .cf import global_attrs, mask_attrs, output_attrs
 from .layout import _Layout, _records, _value_loader, with_indexes
 from .netcdf import DATASET_FILE, _write_netcdf, forget_written, stored_values
-from .reading import Known, _attempts, _errors, _from_memory, _provenance, _read_output
+from .reading import (
+    ERROR_ATTRS,
+    Known,
+    _attempts,
+    _errors,
+    _from_memory,
+    _provenance,
+    _read_output,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +54,23 @@ def _step_variables(
             step_dir / "return_values" / name, shape, threads, known.get(name)
         )
         extra = tuple(f"{name}_dim_{k}" for k in range(got.element_dims))
-        out[name] = xr.Variable((*dims, *extra), got.data, attrs=dict(attrs))
-        out[f"{name}_mask"] = xr.Variable(
-            tuple(dims), got.mask, attrs={**attrs, "long_name": f"{name} is missing"}
+        out[name] = xr.Variable(
+            (*dims, *extra),
+            got.data,
+            attrs=output_attrs(name, rec.name, attrs, rec.attrs.get(name)),
         )
+        out[f"{name}_mask"] = xr.Variable(tuple(dims), got.mask, attrs=mask_attrs(name, attrs))
     if stored_errors is None:
         stored_errors = _errors(step_dir, size, threads).reshape(shape)
     out[f"{rec.name}_error"] = xr.Variable(
         tuple(dims),
         stored_errors,
-        attrs={**attrs, "long_name": "exception type and message; empty where none"},
+        attrs={**attrs, **ERROR_ATTRS},
     )
     out[f"{rec.name}_attempts"] = xr.Variable(
         tuple(dims),
         _attempts(rec, size).reshape(shape),
-        attrs={**attrs, "long_name": "attempts per element; 0: never submitted"},
+        attrs={**attrs, "long_name": "attempts per element; 0: never submitted", "units": "1"},
     )
     out.update(_provenance(step_dir, rec.name, tuple(dims), shape, attrs))
     return out
@@ -127,10 +138,13 @@ def step_dataset(
     ids = layout.step_dims[rec.name]
     dims = [layout.dims[i].name for i in ids]
     variables = _step_variables(step_dir, rec, dims, outputs, threads, known or {})
+    of_run = f" of run {run_rec.run_id} (workflow {run_rec.workflow})" if run_rec else ""
     ds = xr.Dataset(
         variables,
         coords=layout.coordinates(ids),
-        attrs=_attrs(
+        attrs=global_attrs(
+            f"results of map {rec.name}{of_run}",
+            run_rec.created if run_rec else rec.started,
             run_id=run_rec.run_id if run_rec else None,
             workflow=run_rec.workflow if run_rec else None,
             step=rec.name,
@@ -180,7 +194,9 @@ def run_dataset(
     ds = xr.Dataset(
         variables,
         coords=layout.coordinates(ids),
-        attrs=_attrs(
+        attrs=global_attrs(
+            f"results of the maps of run {run_rec.run_id} (workflow {run_rec.workflow})",
+            run_rec.created,
             run_id=run_rec.run_id,
             workflow=run_rec.workflow,
             exit_code=run_rec.exit_code,
@@ -229,8 +245,8 @@ def array_to_xarray(
     extra = tuple(f"{name}_dim_{k}" for k in range(got.element_dims))
     return xr.Dataset(
         {
-            name: xr.Variable(dims + extra, got.data),
-            f"{name}_mask": xr.Variable(dims, got.mask),
+            name: xr.Variable(dims + extra, got.data, attrs={"long_name": name}),
+            f"{name}_mask": xr.Variable(dims, got.mask, attrs=mask_attrs(name, {})),
         }
     )
 

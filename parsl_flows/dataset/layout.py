@@ -22,6 +22,7 @@ from ..files import (
 from ..mapspec import MapSpec
 from ..status import RunRecord, StepStatus
 from ..workflow import as_mapped_array
+from .cf import coordinate_attrs, position_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class _Dim:
     uses: list[tuple[str, str]] = field(default_factory=list)  # (step, index letter)
     name: str = ""
     coord_names: dict[str, str] = field(default_factory=dict)  # input name -> coord name
+    coord_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # input name -> attrs
 
 
 class _Layout:
@@ -65,6 +67,9 @@ class _Layout:
         self.dims: list[_Dim] = []
         self.step_dims: dict[str, list[int]] = {}
         self._value_of = value_of
+        self._given = {  # what the plain steps say of their outputs (@step(attrs=...))
+            out: rec.attrs.get(out) for rec in records if rec.kind == "call" for out in rec.outputs
+        }
         by_origin: dict[tuple[str, int], int] = {}  # (array, axis) -> dim
         map_outputs: dict[str, str] = {}  # output -> the map step that made it
         reserved: set[str] = set()
@@ -103,23 +108,30 @@ class _Layout:
                 chosen = free[0]
             else:  # new, or taken by another index of this map ("p[i], q[j]" on one axis)
                 like = [c for c in candidates if self.dims[c].size == size]
-                self.dims.append(_Dim(size, dict(self.dims[like[0]].coords) if like else {}))
+                self.dims.append(
+                    _Dim(
+                        size,
+                        dict(self.dims[like[0]].coords) if like else {},
+                        coord_attrs=dict(self.dims[like[0]].coord_attrs) if like else {},
+                    )
+                )
                 chosen = len(self.dims) - 1
             dim = self.dims[chosen]
             for name, p, rank in roots:
                 by_origin.setdefault((name, p), chosen)
                 if rank == 1 and name not in dim.coords:
-                    values = self._coordinate(name, size)
-                    if values is not None:
-                        dim.coords[name] = values
+                    got = self._coordinate(name, size)
+                    if got is not None:
+                        dim.coords[name], dim.coord_attrs[name] = got
             dim.uses.append((rec.name, idx))
             ids.append(chosen)
         self.step_dims[rec.name] = ids
         for out in spec.output_names:
             map_outputs[out] = rec.name
 
-    def _coordinate(self, name: str, size: int) -> np.ndarray | None:
-        """The values of a mapped input if they make a coordinate: 1-D, numbers or text."""
+    def _coordinate(self, name: str, size: int) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The values of a mapped input if they make a coordinate (1-D, numbers or text),
+        and its attributes (:func:`cf.coordinate_attrs`)."""
         try:
             value = self._value_of(name)
             if value is MISSING_ELEMENT:
@@ -133,7 +145,9 @@ class _Layout:
             return None
         if arr.dtype.kind == "O" and all(isinstance(v, str) for v in arr):
             arr = arr.astype(str)
-        return arr if arr.dtype.kind in _COORDINATE_KINDS else None
+        if arr.dtype.kind not in _COORDINATE_KINDS:
+            return None
+        return arr, coordinate_attrs(name, value, self._given.get(name))
 
     def _name(self, reserved: set[str]) -> None:
         taken = set(reserved)
@@ -162,9 +176,13 @@ class _Layout:
         for i in dim_ids:
             dim = self.dims[i]
             if not dim.coords:
-                out[dim.name] = xr.Variable((dim.name,), np.arange(dim.size))
+                out[dim.name] = xr.Variable(
+                    (dim.name,), np.arange(dim.size), attrs=position_attrs(dim.name)
+                )
             for inp, values in dim.coords.items():
-                out[dim.coord_names[inp]] = xr.Variable((dim.name,), values, attrs={"input": inp})
+                out[dim.coord_names[inp]] = xr.Variable(
+                    (dim.name,), values, attrs=dict(dim.coord_attrs[inp])
+                )
         return out
 
     def indexed(self, dim_ids: Iterable[int]) -> list[str]:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +62,23 @@ def stored_values(step_dir: Path, rec: StepStatus) -> tuple[dict[str, _Output], 
     written = _WRITTEN.get(path)
     if written is not None and written[0] == (stat.st_mtime_ns, stat.st_size):
         return _values(written[1], rec)
-    try:
-        with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4") as ds:
-            return _values(ds, rec)
+    try:  # numbers as they were given, whatever units a step gave them (no times)
+        with (
+            NETCDF_LOCK,
+            xr.open_dataset(
+                path, engine="netcdf4", decode_times=False, decode_timedelta=False
+            ) as ds,
+        ):
+            return _values(ds, rec, path)
     except Exception:  # a damaged or foreign file: the element files are the truth
         logger.debug("not using %s", path, exc_info=True)
         return {}, None
 
 
-def _values(ds: xr.Dataset, rec: StepStatus) -> tuple[dict[str, _Output], np.ndarray | None]:
+def _values(
+    ds: xr.Dataset, rec: StepStatus, path: Path | None = None
+) -> tuple[dict[str, _Output], np.ndarray | None]:
+    """What ``stored_values`` takes of ``ds``, the dataset in memory or the file ``path``."""
     if ds.attrs.get("finished") != rec.finished or ds.attrs.get("state") != rec.state:
         return {}, None
     outputs = {
@@ -83,7 +91,41 @@ def _values(ds: xr.Dataset, rec: StepStatus) -> tuple[dict[str, _Output], np.nda
         if name in ds.data_vars and f"{name}_mask" in ds.data_vars
     }
     error = f"{rec.name}_error"
-    return outputs, ds[error].values if error in ds.data_vars else None
+    if error not in ds.data_vars:
+        return outputs, None
+    texts = _read_texts(path, error) if path is not None else None
+    return outputs, ds[error].values if texts is None else texts
+
+
+def _read_texts(path: Path, name: str) -> np.ndarray | None:
+    """Text variable ``name`` of the netCDF file ``path``, written as characters: an
+    object array, "" where the entry is empty; None for netCDF strings (files written
+    before parsl_flows wrote characters).
+
+    Read a block at a time, only the entries that are not empty decoded: xarray makes
+    two arrays as wide as the longest text, over every element (two gigabytes for a
+    million elements if one error is a thousand bytes long).  Caller holds NETCDF_LOCK.
+    """
+    import netCDF4
+
+    with netCDF4.Dataset(path) as nc:
+        variable = nc.variables[name]
+        if variable.dtype != np.dtype("S1"):
+            return None
+        variable.set_auto_chartostring(False)
+        variable.set_auto_mask(False)  # no fill value to look for: NUL is an empty entry
+        *shape, width = variable.shape
+        texts = np.full(shape, "", dtype=object)
+        for cell in _cells(shape, _text_chunks(shape, width, _TEXT_BLOCK_BYTES)):
+            block = np.asarray(variable[cell]).view(np.uint8).reshape(-1, width)
+            found = np.flatnonzero(block[:, 0])  # no text begins with NUL
+            if not found.size:
+                continue
+            at = np.unravel_index(found, tuple(c.stop - c.start for c in cell))
+            at = tuple(i + c.start for i, c in zip(at, cell, strict=True))
+            for k, *where in zip(found.tolist(), *(i.tolist() for i in at), strict=True):
+                texts[tuple(where)] = block[k].tobytes().rstrip(b"\0").decode("utf-8")
+        return texts
 
 
 def forget_written(run_dir: Path) -> None:
@@ -129,11 +171,20 @@ def _write_netcdf(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         direct = [str(n) for n in out.data_vars if out[n].encoding.get(DIRECT)]  # provenance
-        texts = [  # the errors
-            str(n) for n in out.data_vars if out[n].dtype.kind == "U" and str(n) not in direct
+        texts = [  # the errors (the only text left once object-valued outputs are out)
+            str(n) for n in out.data_vars if out[n].dtype.kind in "UO" and str(n) not in direct
         ]
+        # Text coordinates as characters too: netCDF's variable-length strings are not
+        # in CF's classic model, which many tools (and the CF checker) hold to.
+        characters = {
+            str(n): {"dtype": "S1"}
+            for n in out.coords
+            if out[n].dtype.kind in "UO" and str(n) not in texts
+        }
         with NETCDF_LOCK:
-            out.drop_vars(texts + direct).to_netcdf(local, engine="netcdf4", format="NETCDF4")
+            out.drop_vars(texts + direct).to_netcdf(
+                local, engine="netcdf4", format="NETCDF4", encoding=characters
+            )
             _add_texts(local, out, texts, direct)
         if local.stat().st_dev == path.parent.stat().st_dev:
             os.replace(local, path)
@@ -167,21 +218,23 @@ def _characters(values: np.ndarray) -> np.ndarray:
 
 def _add_texts(path: Path, ds: xr.Dataset, names: list[str], direct: list[str]) -> None:
     """Add the text variables ``names`` of ``ds`` (the steps' errors) to the netCDF file
-    ``path``, as xarray writes them, but only their non-empty entries; and the variables
-    ``direct`` (a map's provenance), as xarray writes them, at a fraction of its cost.
+    ``path``, writing only the entries that are not empty; and the variables ``direct``
+    (a map's provenance), as xarray writes them, at a fraction of its cost.
 
-    netCDF stores each entry of a text variable apart: writing a map's errors, empty
-    for all but the failed elements, cost 86 ms of a 110 ms file at 100,000 elements.
-    An entry never written reads as "".  They come after the other variables in the
-    file (``run.dataset()`` keeps the usual order).
+    Text is written as xarray writes it with ``dtype="S1"``: fixed-width UTF-8 characters
+    with a string-length dimension (``char host(a, b, string2)``, ``_Encoding = "utf-8"``),
+    which xarray reads back as text, and the CF conventions and their checker accept
+    (netCDF's variable-length strings they do not).  An error variable is as wide as its
+    longest text, and most of its entries are empty: it is stored compressed, and only
+    the chunks that hold a text are written (an entry never written reads as "").
+    They come after the other variables in the file (``run.dataset()`` keeps the usual
+    order).
 
     Through xarray, each variable costs about a millisecond to write, and as much again
     to this reopening (netCDF reads every variable's metadata): the five provenance
     variables of a map doubled the time of its ``dataset.nc``.  So they are added here,
     after the reopening: numbers as they are (floats with a NaN ``_FillValue``, as xarray
-    does), hosts and jobs (few distinct values, one per element) as blocks of fixed-width
-    UTF-8 characters (``char host(a, b, string2)``, ``_Encoding = "utf-8"``), which xarray
-    reads back as text, as it writes them with ``dtype="S1"``.
+    does), hosts and jobs (few distinct values, one per element) as characters.
     """
     if not names and not direct:
         return
@@ -190,23 +243,77 @@ def _add_texts(path: Path, ds: xr.Dataset, names: list[str], direct: list[str]) 
 
     encoded, _ = encode_dataset_coordinates(ds)  # each variable's "coordinates" attribute
     with netCDF4.Dataset(path, "a") as nc:
-        for name in direct:
+        for name in direct + names:
             for dim, length in ds[name].sizes.items():  # none if only these lie on it
                 if str(dim) not in nc.dimensions:
                     nc.createDimension(str(dim), length)
+        for name in direct:
             _add_direct(nc, name, np.asarray(ds[name].values), ds[name].dims, encoded[name].attrs)
         for name in names:
-            values = np.asarray(ds[name].values, dtype=object)
-            dims = tuple(str(d) for d in ds[name].dims)
-            variable = nc.createVariable(name, str, dims)  # type: ignore[type-var]
-            variable.setncatts(dict(encoded[name].attrs))
-            filled = np.flatnonzero(values != "")
-            if len(filled) > values.size // 100:  # many failed: all at once is quicker
-                variable[...] = values
-                continue
-            for n in filled.tolist():
-                at = np.unravel_index(n, values.shape)
-                variable[at] = values[at]
+            _add_errors(nc, name, np.asarray(ds[name].values), ds[name].dims, encoded[name].attrs)
+
+
+#: Errors are stored compressed in chunks of about this many bytes, and written a chunk
+#: at a time: only the chunks that hold a text are written at all (netCDF's own chunks,
+#: over all rows, were each unpacked and packed again for every block written) ...
+_TEXT_CHUNK_BYTES = 1 << 20
+#: ... and read in blocks of about this many.
+_TEXT_BLOCK_BYTES = 8 << 20
+
+
+def _text_chunks(shape: Sequence[int], width: int, size: int) -> tuple[int, ...]:
+    """Blocks of a text variable of ``shape`` and ``width`` characters of about ``size``
+    bytes (or one entry): rows of the first axis, else parts of rows, and so on."""
+    chunks = [*shape, width]
+    for axis in range(len(shape)):
+        rest = int(np.prod(chunks[axis + 1 :], dtype=np.int64))
+        chunks[axis] = max(1, min(shape[axis], size // rest))
+        if rest <= size:
+            break
+    return tuple(chunks[:-1])
+
+
+def _cells(shape: Sequence[int], block: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    """The blocks of shape ``block`` that tile an array of ``shape``, in C order."""
+    counts = [-(-n // b) for n, b in zip(shape, block, strict=True)]
+    for cell in np.ndindex(*counts):
+        yield tuple(
+            slice(i * b, min((i + 1) * b, n)) for i, b, n in zip(cell, block, shape, strict=True)
+        )
+
+
+def _add_errors(
+    nc: Any, name: str, values: np.ndarray, dims: tuple[Hashable, ...], attrs: dict[str, Any]
+) -> None:
+    """Text variable ``name`` of a netCDF4 file ``nc`` open for writing, as characters,
+    only its non-empty entries written (see ``_add_texts``)."""
+    flat = values.reshape(-1)
+    filled = np.flatnonzero(flat != "")
+    data = [str(flat[n]).encode("utf-8") for n in filled.tolist()]
+    width = max((len(d) for d in data), default=1)
+    dim = f"string{width}"  # xarray's name for it
+    if dim not in nc.dimensions:
+        nc.createDimension(dim, width)
+    names = (*(str(d) for d in dims), dim)
+    shape = values.shape
+    chunks = None if 0 in shape else (*_text_chunks(shape, width, _TEXT_CHUNK_BYTES), width)
+    variable = nc.createVariable(name, "S1", names, zlib=True, complevel=1, chunksizes=chunks)
+    variable.setncatts({**attrs, "_Encoding": "utf-8"})
+    variable.set_auto_chartostring(False)  # blocks of bytes, as they are
+    if chunks is None or not filled.size:
+        return
+    chunk = np.asarray(chunks[:-1])  # a chunk never written costs nothing, to write or read
+    padded = np.array(data, dtype=f"S{width}").view(np.uint8).reshape(-1, width)
+    at = np.stack(np.unravel_index(filled, shape), axis=1)  # each text's index
+    by_chunk: dict[tuple[int, ...], list[int]] = {}
+    for k, cell in enumerate(map(tuple, (at // chunk).tolist())):
+        by_chunk.setdefault(cell, []).append(k)
+    for cell, texts in by_chunk.items():
+        low = np.asarray(cell) * chunk
+        high = np.minimum(low + chunk, shape)
+        block = np.zeros((*(high - low).tolist(), width), dtype=np.uint8)
+        block[tuple((at[texts] - low).T)] = padded[texts]
+        variable[tuple(map(slice, low.tolist(), high.tolist()))] = block.view("S1")
 
 
 def _add_direct(

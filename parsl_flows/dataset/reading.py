@@ -213,6 +213,30 @@ def _describe(exc: Any) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+#: An error text longer than this many bytes of UTF-8 is cut (ending in "…"): in
+#: ``dataset.nc`` every element's text is as wide as the longest one.  The whole exception
+#: stays in the step's ``exception`` output.
+MAX_ERROR_BYTES = 1000
+
+#: The attributes of a step's ``<step>_error``.
+ERROR_ATTRS = {
+    "long_name": "exception type and message; empty where none",
+    # ASCII: netCDF keeps other text attributes as strings, which not every tool reads
+    "comment": f"a text longer than {MAX_ERROR_BYTES} bytes (UTF-8) is cut, ending in an "
+    "ellipsis (U+2026); the exceptions themselves are the step's output 'exception'",
+}
+
+
+def _cut(text: str) -> str:
+    """``text`` at most :data:`MAX_ERROR_BYTES` long in UTF-8."""
+    if len(text) * 4 <= MAX_ERROR_BYTES:  # short for sure: no encoding needed
+        return text
+    data = text.encode("utf-8")
+    if len(data) <= MAX_ERROR_BYTES:
+        return text
+    return data[: MAX_ERROR_BYTES - 3].decode("utf-8", "ignore") + "…"
+
+
 def _errors(step_dir: Path, size: int, threads: int | None) -> np.ndarray:
     folder = step_dir / "exception"
     idx = present_indices(folder)
@@ -220,7 +244,7 @@ def _errors(step_dir: Path, size: int, threads: int | None) -> np.ndarray:
     texts = np.full(size, "", dtype=object)
     for n, exc in zip(idx.tolist(), load_elements(folder, idx, threads), strict=True):
         if exc is not MISSING_ELEMENT:
-            texts[n] = _describe(exc)
+            texts[n] = _cut(_describe(exc))
     # Python strings, not a fixed-width numpy str array: one long message among 100,000
     # elements would otherwise cost 100,000 times its length.
     return texts
@@ -269,6 +293,12 @@ PROVENANCE_ATTRS: dict[str, dict[str, str]] = {
         "<step>_attempts (tries in the step's last execution) it survives a resume, and a "
         f"reused element keeps its earlier run's number; 0 where {_NOT_RECORDED}",
     },
+    "run": {
+        "long_name": "run that computed the element",
+        "description": "the id of the run whose worker computed the element: this run, or "
+        "the earlier run it was taken from (a restart, reuse='store'; an element that run "
+        f"took from another keeps that other run's id); empty where {_NOT_RECORDED}",
+    },
     "peak_rss": {
         "long_name": "peak resident memory of the worker process",
         "units": "bytes",
@@ -288,9 +318,9 @@ def _provenance(
     shape: tuple[int, ...],
     attrs: dict[str, Any],
 ) -> dict[str, xr.Variable]:
-    """``<name>_seconds``, ``_host``, ``_job``, ``_attempt`` and ``_peak_rss`` of a map
+    """``<name>_seconds``, ``_host``, ``_job``, ``_attempt``, ``_run`` and ``_peak_rss`` of a map
     step, from its ``provenance.npz`` (``parsl_flows.provenance``), not recorded where it
-    has none.  Host and job are text, written to netCDF as fixed-width UTF-8 characters
+    has none.  Host, job and run are text, written to netCDF as fixed-width UTF-8 characters
     (``dtype="S1"``: few distinct values, 100,000 of them), by ``netcdf._add_texts``."""
     size = int(np.prod(shape, dtype=np.int64))
     data = _read_provenance(step_dir, size).columns()  # new arrays: the cache's stay
