@@ -13,6 +13,7 @@ A resume's preview reads each step's record and which elements its folders hold.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ from .element_folders import present_indices
 from .engine.hashing import KeyBook, combine, value_key
 from .engine.inputs import MappedInputs
 from .engine.recompute import Recompute
-from .engine.reuse import matching_elements, origin_step_dir
+from .engine.reuse import Reuse, check_reuse, matching_elements, origin_step_dir
+from .engine.reuse_index import find_in_store
 from .engine.task_spec import Source
 from .mapspec import MapSpecError
 from .ranges import common, expand, without
 from .shapes import map_shapes, mapped_shape
 from .status import RunRecord, StepStatus
-from .store import element_path, load_pickle
+from .store import default_store, element_path, load_pickle
 from .workflow import Builder, Map, Workflow
 
 __all__ = ["Preview", "StepPreview", "preview", "preview_resume"]
@@ -50,6 +52,7 @@ class StepPreview:
     reused_from: str | None = None
     note: str = ""
     shape: tuple[int, ...] | None = None
+    taken_from: Path | None = None  # the earlier run's step folder it would take from
 
 
 @dataclass
@@ -90,11 +93,16 @@ class _Unknown(Exception):
     """A value the preview cannot know: a plain step's output it would compute."""
 
 
-def preview(builder: Builder, *, reuse: bool = True) -> Preview:
-    """What submitting ``builder`` would reuse and compute, per step (see module)."""
+def preview(
+    builder: Builder, *, reuse: Reuse = True, store: str | os.PathLike[str] | None = None
+) -> Preview:
+    """What submitting ``builder`` would reuse and compute, per step (see module);
+    ``reuse`` and ``store`` as for ``flows.submit``."""
+    check_reuse(reuse)
     wf, inputs = builder.workflow, dict(builder.kwargs)
     shapes = builder.validate()
     origin = Path(builder.restarted_from) if reuse and builder.restarted_from else None
+    lookup = _StoreLookup(default_store(store)) if reuse == "store" else None
     keys, mapped = KeyBook(), MappedInputs()
     for name, value in inputs.items():
         keys.value[name], _ = value_key(value)
@@ -112,7 +120,7 @@ def preview(builder: Builder, *, reuse: bool = True) -> Preview:
         if lost:
             rows.append(StepPreview(node.name, kind, None, note=f"{', '.join(lost)} unknown"))
             continue
-        row = _preview_node(node, params, shapes, origin, keys, mapped, recompute)
+        row = _preview_node(node, params, shapes, origin, keys, mapped, recompute, lookup)
         rows.append(row)
         step_dir = _ROOT / node.name
         if isinstance(node, Map):
@@ -125,15 +133,23 @@ def preview(builder: Builder, *, reuse: bool = True) -> Preview:
             for out in node.outputs:
                 path = f"preview:{out}"
                 sources[out] = Source("value", path)
-                if row.reuse and origin is not None:
-                    origin_dir = origin_step_dir(origin, node.name)
-                    assert origin_dir is not None
+                origin_dir = row.taken_from
+                if row.reuse and origin_dir is not None:
                     folder = origin_dir / "return_values" / out
                     mapped.remember(path, load_pickle(element_path(folder, 0)))
                 else:
                     mapped.remember(path, _UNKNOWN)
     what = f"restart of run {origin.name}" if origin is not None else "new run"
+    if lookup is not None:
+        what += f", reusing from the store {lookup.root}"
     return Preview(what, rows)
+
+
+@dataclass
+class _StoreLookup:
+    """``reuse="store"``: where to look (the store's reuse index, read and never written)."""
+
+    root: Path
 
 
 _UNKNOWN = object()
@@ -147,6 +163,7 @@ def _preview_node(
     keys: KeyBook,
     mapped: MappedInputs,
     recompute: Recompute,
+    lookup: _StoreLookup | None = None,
 ) -> StepPreview:
     def value_of(src: Source) -> Any:
         value = mapped.value(src)
@@ -194,6 +211,18 @@ def _preview_node(
                 origin_dir, list(node.outputs), node_keys, without(wanted, forced)
             )
             row.reused_from = origin.name
+            row.taken_from = origin_dir
+    if lookup is not None and node_keys is not None:
+        rest = without(without(wanted, forced), reused)
+        found = find_in_store(
+            lookup.root, None, kind, tuple(node.outputs), node_keys, rest, write=False
+        )
+        runs = [origin.name] if len(reused) and origin is not None else []
+        for f in found:
+            reused = np.union1d(reused, f.new)
+            runs += [f.run_id] if f.run_id not in runs else []
+            row.taken_from = row.taken_from or f.step_dir
+        row.reused_from = ", ".join(runs) or None
     if len(forced):
         row.note = (row.note + "; " if row.note else "") + f"{len(forced)} recomputed as asked"
     row.reuse = len(reused)

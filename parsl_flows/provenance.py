@@ -18,7 +18,9 @@ The file is read with numpy alone, ``p = numpy.load(path)``; element ``n`` ran i
 not recorded), in attempt ``p["task_attempt"][t]`` of the step, on node
 ``p["hosts"][p["task_host"][t]]``, in batch job ``p["jobs"][p["task_job"][t]]`` (-1:
 none or not recorded), its worker process's peak resident memory then being
-``p["task_peak_rss"][t]`` bytes (-1: not recorded); ``p["size"]`` is the number of
+``p["task_peak_rss"][t]`` bytes (-1: not recorded), by run ``p["runs"][p["task_run"][t]]``
+(the run whose worker computed it: this one's, or an earlier run's for an element a
+restart or ``reuse="store"`` took; -1: not recorded); ``p["size"]`` is the number of
 elements.
 
 No Parsl and no xarray here: the driver imports it.
@@ -54,6 +56,7 @@ _TASK_COLUMNS = (
     ("task_host", np.int32, -1),
     ("task_job", np.int32, -1),
     ("task_peak_rss", np.int64, -1),
+    ("task_run", np.int32, -1),
 )
 
 
@@ -69,6 +72,7 @@ class Provenance:
         self.n_tasks = 0
         self.hosts: list[str] = []
         self.jobs: list[str] = []
+        self.runs: list[str] = []  # the runs that computed the elements (reused: earlier)
         #: The step attempt the tasks recorded now belong to (set by the engine).
         self.current_attempt = 0
         self._changed = False
@@ -86,10 +90,14 @@ class Provenance:
                 got.seconds[:n] = data["seconds"][:n]
                 got.task[:n] = data["task"][:n]
                 got.n_tasks = len(data["task_attempt"])
-                for name, dtype, _ in _TASK_COLUMNS:
-                    got.tasks[name] = np.asarray(data[name], dtype=dtype)
+                for name, dtype, missing in _TASK_COLUMNS:
+                    if name in data:
+                        got.tasks[name] = np.asarray(data[name], dtype=dtype)
+                    else:  # a file written before the column: not recorded
+                        got.tasks[name] = np.full(got.n_tasks, missing, dtype=dtype)
                 got.hosts = [str(h) for h in data["hosts"]]
                 got.jobs = [str(j) for j in data["jobs"]]
+                got.runs = [str(r) for r in data["runs"]] if "runs" in data else []
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -135,6 +143,7 @@ class Provenance:
         self.tasks["task_host"][row] = _code(self.hosts, host)
         self.tasks["task_job"][row] = _code(self.jobs, job)
         self.tasks["task_peak_rss"][row] = peak_rss if peak_rss > 0 else -1
+        self.tasks["task_run"][row] = _code(self.runs, self.run_id)
         self.seconds[indices] = np.nan if seconds is None else seconds[inside]
         self.task[indices] = row
         self._changed = True
@@ -151,19 +160,41 @@ class Provenance:
         # Codes of ``other``'s tables in ours; index -1 (not recorded) takes the last, -1.
         hosts = np.array([_code(self.hosts, h) for h in other.hosts] + [-1], dtype=np.int32)
         jobs = np.array([_code(self.jobs, j) for j in other.jobs] + [-1], dtype=np.int32)
+        # A task ``other`` did not record the run of (a file of an older version) ran there.
+        runs = np.array([_code(self.runs, r) for r in other.runs], dtype=np.int32)
+        runs = np.append(runs, _code(self.runs, other.run_id))
         theirs = {name: other.tasks[name][: other.n_tasks] for name, _, _ in _TASK_COLUMNS}
         self.tasks["task_attempt"][rows] = theirs["task_attempt"]
         self.tasks["task_peak_rss"][rows] = theirs["task_peak_rss"]
         self.tasks["task_host"][rows] = hosts[theirs["task_host"]]
         self.tasks["task_job"][rows] = jobs[theirs["task_job"]]
+        self.tasks["task_run"][rows] = runs[theirs["task_run"]]
         self.seconds[new] = other.seconds[old]
         task = other.task[old]
         self.task[new] = np.where(task >= 0, task + first, -1)
         self._changed = True
+        self.came_from(other.run_id, new[task < 0])  # not recorded there, but made there
+
+    def came_from(self, run_id: str, new: np.ndarray) -> None:
+        """Elements ``new`` were computed by run ``run_id``, which recorded nothing else of
+        them (reused from a run without provenance, or one whose driver was killed)."""
+        new = new[new < self.size]
+        if not len(new):
+            return
+        row = self._new_tasks(1)
+        self.tasks["task_run"][row] = _code(self.runs, run_id)
+        self.task[new] = row
+        self.seconds[new] = np.nan
+        self._changed = True
+
+    @property
+    def run_id(self) -> str:
+        """The run this step is of (``<store>/runs/<run>/steps/<step>``)."""
+        return self.step_dir.parent.parent.name
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Per element: ``seconds`` (float32), ``host`` and ``job`` (text, "" where not
-        recorded), ``attempt`` (int32, 0) and ``peak_rss`` (float64 bytes, NaN)."""
+        """Per element: ``seconds`` (float32), ``host``, ``job`` and ``run`` (text, "" where
+        not recorded), ``attempt`` (int32, 0) and ``peak_rss`` (float64 bytes, NaN)."""
         task = self.task  # -1 takes the last row of each table: its "not recorded"
         n = self.n_tasks
 
@@ -175,6 +206,7 @@ class Provenance:
 
         hosts = np.array([*self.hosts, ""], dtype=str)  # code -1 takes the last: ""
         jobs = np.array([*self.jobs, ""], dtype=str)
+        runs = np.array([*self.runs, ""], dtype=str)
         peak = per_element("task_peak_rss", np.nan, np.float64)
         peak[peak < 0] = np.nan  # a task that could not measure it
         return {
@@ -183,6 +215,7 @@ class Provenance:
             "job": jobs[per_element("task_job", -1, np.int32)],
             "attempt": per_element("task_attempt", 0, np.int32),
             "peak_rss": peak,
+            "run": runs[per_element("task_run", -1, np.int32)],
         }
 
     def save(self) -> None:
@@ -197,6 +230,7 @@ class Provenance:
             **{name: self.tasks[name][: self.n_tasks] for name, _, _ in _TASK_COLUMNS},
             "hosts": np.array(self.hosts, dtype=str),
             "jobs": np.array(self.jobs, dtype=str),
+            "runs": np.array(self.runs, dtype=str),
             "size": np.array(self.size, dtype=np.int64),
         }
         buffer = io.BytesIO()

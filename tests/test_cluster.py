@@ -195,6 +195,25 @@ def test_the_seed_story_on_the_test_bed(cluster_env, shared_store):
     avg = again.outputs.return_values.avg_electrostatic_charge.fetch_value()
     charge = again.step("modified_get_charge").outputs.return_values.charge.to_array()
     assert avg == pytest.approx(np.mean(charge))
+    # A fresh build of those inputs, reusing from the whole store (its index files on the
+    # shared filesystem): every element that exists is taken; only failures run again.
+    inputs = seed.seed_inputs(mesh_error=False, failure_probability=0.2, V_limits=[-0.45, 0.45])
+    fresh = flows.submit(
+        flows.workflow.build(seed.total_flow_with_restarts.on(cluster_env), **inputs),
+        store=shared_store,
+        reuse="store",
+    ).wait(600)
+    rec = fresh.step("modified_electrostatics").record
+    assert (rec.n_reused, rec.n_submitted) == ((~masked).sum(), masked.sum())
+    assert rec.reused_from == again.id
+    rec = fresh.step("modified_get_charge").record
+    charge_mask = again.step("modified_get_charge").outputs.return_values.charge.mask
+    assert rec.n_reused == (~charge_mask).sum()
+    assert set(fresh.dataset()["modified_get_charge_run"].values.ravel()) <= {
+        again.id,
+        fresh.id,
+        "",
+    }
 
 
 def _unlucky_once(name: str, marks: str) -> bool:

@@ -1,5 +1,6 @@
 """The commands that tidy the store: ``cleanup`` stops what dead drivers left running,
-``compact`` rewrites ended runs' element files as task files.
+``compact`` rewrites ended runs' element files as task files, ``reindex`` builds the
+store's reuse index again.
 
 Kept apart from the commands that start or watch runs because they act on what no run of
 theirs made: processes and Slurm jobs (``cleanup``), the files of runs that ended
@@ -13,10 +14,11 @@ import argparse
 
 from ..compact import Compacted, CompactError, CompactRefused, compact_run, compact_store
 from ..engine.cleanup import cleanup
+from ..engine.reuse_index import INDEX_FOLDER, rebuild_index
 from ..store import default_store
 from .common import CommandError, UsageError, load
 
-__all__ = ["cmd_cleanup", "cmd_compact"]
+__all__ = ["cmd_cleanup", "cmd_compact", "cmd_reindex"]
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -73,3 +75,15 @@ def _report(done: Compacted, full: bool) -> None:
         )
     for note in done.notes if full else done.notes[:5]:
         print(f"  {note}")
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Build every ended run's reuse index file again (``engine/reuse_index.py``)."""
+    store = default_store(args.store)
+    if not (store / "runs").is_dir():
+        raise UsageError(f"{store} is not a store (it has no runs/ folder); give --store DIR")
+    counts = rebuild_index(store)
+    for run_id, count in counts.items():
+        print(f"{run_id}: {count} element(s) to reuse")
+    print(f"indexed {len(counts)} ended run(s) in {store / INDEX_FOLDER}")
+    return 0

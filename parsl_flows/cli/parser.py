@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from .common import PROG
 from .debugging import cmd_reproduce
-from .housekeeping import cmd_cleanup, cmd_compact
+from .housekeeping import cmd_cleanup, cmd_compact, cmd_reindex
 from .inspecting import cmd_graph, cmd_list, cmd_log, cmd_plan, cmd_status
 from .running import cmd_restart, cmd_resume, cmd_run
 
@@ -77,6 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
         python -m parsl_flows run flows.py:make_flow --set 'V_left={"linspace": [0, 1, 10]}'
         python -m parsl_flows run flows.py:flow --inputs in.json --config configs/local.py
         python -m parsl_flows run flows.py:flow --inputs in.json --detach
+        python -m parsl_flows run flows.py:flow --inputs in.json --reuse store [--dry-run]
 
         NAME is a workflow, a step (run on its own), or a function of no arguments that
         returns a workflow. Inputs files are JSON or YAML mappings; arrays are lists,
@@ -87,7 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="FILE.py:NAME", help="the file and the name of the plan")
     _input_options(p)
     _environment_options(p, "the plan's own, else localhost")
+    _reuse_option(p, "nothing")
     _detach_option(p)
+    _dry_run_option(p, "per step, how many elements would be reused and computed")
     p.set_defaults(handler=cmd_run)
 
     p = command(
@@ -202,6 +205,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_compact)
 
     p = command(
+        "reindex",
+        "build the store's reuse index again from its runs (what --reuse store looks up)",
+        """
+        python -m parsl_flows reindex
+        python -m parsl_flows reindex --store /scratch/me/parsl-flows-store
+
+        Each run leaves <store>/reuse-index/<run>.npz as it ends, and a lookup builds the
+        file of an ended run that has none; this builds every ended run's file again
+        (after copying runs in by hand, say) and removes those of runs no longer there.
+        Runs still running are left alone.
+        """,
+    )
+    p.set_defaults(handler=cmd_reindex)
+
+    p = command(
         "resume",
         "carry on a run whose driver died (a killed shell, kernel or node)",
         """
@@ -246,6 +264,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="compute these elements again even if unchanged: STEP:failed, STEP:all, "
         "STEP:ExceptionName or STEP:V_left>0.3 (a swept value or index label; repeatable)",
     )
+    _reuse_option(p, "the old run's results")
     _detach_option(p)
     _dry_run_option(p, "per step, how many elements would be reused and computed")
     p.set_defaults(handler=cmd_restart)
@@ -269,6 +288,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("where", metavar="NAME=VALUE", nargs="*", help="which element (a=2 b=7)")
     p.set_defaults(handler=cmd_reproduce)
     return parser
+
+
+def _reuse_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--reuse",
+        choices=("store", "none"),
+        default=None,
+        help="store: take any element of any earlier run of the store with the same code "
+        f"and inputs; none: compute everything (default: {default})",
+    )
 
 
 def _dry_run_option(p: argparse.ArgumentParser, what: str) -> None:

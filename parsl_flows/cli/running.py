@@ -20,6 +20,7 @@ from typing import Any
 
 from ..engine import stopping
 from ..engine.environment import ExecutionEnvironment, execution_environment, from_file
+from ..engine.reuse import Reuse
 from ..launch import submit
 from ..preview import preview, preview_resume
 from ..run import Run
@@ -47,7 +48,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         hint = " (give them with --inputs FILE or --set NAME=VALUE)" if missing else ""
         raise UsageError(f"{e}{hint}") from e
     store = default_store(args.store)
-    return _start(args, lambda: submit(builder, store=store), store)
+    reuse = _reuse(args)
+    if args.dry_run:
+        print(preview(builder, reuse=reuse, store=store))
+        return 0
+    return _start(args, lambda: submit(builder, store=store, reuse=reuse), store)
+
+
+def _reuse(args: argparse.Namespace) -> Reuse:
+    """``--reuse``: store, none, or (not given) what a restart comes from."""
+    if args.reuse == "store":
+        return "store"
+    return args.reuse != "none"
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
@@ -60,13 +72,14 @@ def cmd_restart(args: argparse.Namespace) -> int:
     if args.config or args.env:
         builder.workflow = builder.workflow.on(_environment(args, None))
     _validated(builder)
+    store = old.path.parents[1]
+    reuse = _reuse(args)
     if args.dry_run:
-        print(preview(builder))
+        print(preview(builder, reuse=reuse, store=store))
         return 0
     what = ", ".join(changes) or "no inputs"
     print(f"restart of {old.id} (changed: {what})")
-    store = old.path.parents[1]
-    return _start(args, lambda: submit(builder, store=store), store)
+    return _start(args, lambda: submit(builder, store=store, reuse=reuse), store)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -35,9 +35,10 @@ from .memory import MemoryRetries
 from .numbers_back import NumbersBack
 from .outcomes import exit_code_of, log_call_outcome, log_map_outcome
 from .recompute import Recompute
-from .reuse import KEYS_FILE, present_elements, take_from_run
+from .reuse import present_elements, save_keys
 from .runner import runner
 from .step_index import StepIndex, drop_damaged_results
+from .taking import take_earlier_results
 from .task_spec import (
     INFRASTRUCTURE,
     MISSING_OUTPUT,
@@ -78,6 +79,13 @@ class RunContext:
     note_helpers: Callable[[], None]  # record Parsl's processes and jobs in the lock
     #: The executor for steps asking ``resources`` (an attempt with more memory, Slurm).
     executor_for: Callable[[Resources], str] | None = None
+    #: The store, when any earlier run of it may give results (``reuse="store"``).
+    reuse_store: Path | None = None
+
+    @property
+    def reuses(self) -> bool:
+        """Does this run take results of earlier runs (keys matter before elements run)?"""
+        return self.reuse_from is not None or self.reuse_store is not None
 
 
 class StepExecution:
@@ -121,19 +129,21 @@ class StepExecution:
         # reuse an earlier run's results; otherwise they are worked out beside the map.
         keys_later: Future[np.ndarray | None] | None = None
         keys: np.ndarray | None = None
-        if isinstance(node, Map) and self.run.reuse_from is None:
-            keys_later = _KEYS.submit(self._element_keys, node, params, shape, log)
+        if isinstance(node, Map) and not self.run.reuses:
+            keys_later = _KEYS.submit(self._keep_keys, node, params, shape, log)
         else:
             keys = self._element_keys(node, params, shape, log)
             if keys is not None:
-                np.save(step_dir / KEYS_FILE, keys)
+                save_keys(step_dir, keys)
         # A map's elements are where its folders' index says (``element_folders``): what
         # is there already (a resume), what is reused, and each task's files as they come.
         index = StepIndex(step_dir, node.outputs, total) if isinstance(node, Map) else None
         forced = common(self.run.recompute.of_node(node, shape), wanted)
-        if len(forced) and self.run.reuse_from is not None:
+        if len(forced) and self.run.reuses:
             log(f"computing {len(forced)} elements again as asked (recompute), not reusing them")
-        self._reuse(node, st, keys, without(wanted, forced), log, index)
+        take_earlier_results(
+            self.run, node, st, self.step_dir, keys, without(wanted, forced), log, index
+        )
         if index is not None:
             have = common(wanted, index.present())
         else:
@@ -160,8 +170,6 @@ class StepExecution:
                     logger.exception("keys of step %s", node.name)
                     log(f"results of this step cannot be reused later: {type(e).__name__}: {e}")
                     keys = None
-                if keys is not None:
-                    np.save(step_dir / KEYS_FILE, keys)
         st.exit_code = 410 if exhausted else exit_code_of(codes.values())
         if isinstance(node, Map):
             log_map_outcome(log, st, shape, codes, messages)
@@ -375,30 +383,20 @@ class StepExecution:
     ) -> np.ndarray | None:
         """The reuse key of every element (a 0-d array for a plain call), or None."""
         keys, why = self.run.keys.node_keys(node, params, shape, self.run.mapped.value)
-        if keys is None and self.run.reuse_from is not None:
+        if keys is None and self.run.reuses:
             log(f"results of this step cannot be reused later: {why}")
         return keys
 
-    def _reuse(
+    def _keep_keys(
         self,
         node: Call,
-        st: StepStatus,
-        keys: np.ndarray | None,
-        wanted: np.ndarray,
+        params: dict[str, Source],
+        shape: tuple[int, ...],
         log: Callable[[str], None],
-        index: StepIndex | None = None,
-    ) -> None:
-        """Link matching results of the run this one restarts from."""
-        if self.run.reuse_from is None or keys is None:
-            return
-        taken = take_from_run(
-            self.run.reuse_from, node.name, list(node.outputs), self.step_dir, keys, wanted, index,
-            log,
-        )  # fmt: skip
-        if taken is None:
-            return
-        if not taken:
-            log(f"nothing to reuse from run {self.run.reuse_from.name} (code or inputs changed)")
-            return
-        st.reused_from = self.run.reuse_from.name
-        log(f"reused {taken} of {len(wanted)} elements from run {self.run.reuse_from.name}")
+    ) -> np.ndarray | None:
+        """The keys, written to the step's folder as soon as known: a driver killed while
+        the elements run leaves them, for resumes and the store's reuse index."""
+        keys = self._element_keys(node, params, shape, log)
+        if keys is not None:
+            save_keys(self.step_dir, keys)
+        return keys

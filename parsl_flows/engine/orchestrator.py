@@ -34,6 +34,7 @@ from .inputs import MappedInputs
 from .numbers_back import NumbersBack
 from .outcomes import exit_code_of
 from .recompute import Recompute
+from .reuse_index import index_run
 from .runner import runner
 from .task_spec import (
     INFRASTRUCTURE,
@@ -87,6 +88,7 @@ class Execution:
         lock: RunLock,
         reuse_from: Path | None = None,
         recompute: Recompute | None = None,
+        reuse_store: Path | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.workflow = workflow
@@ -96,6 +98,7 @@ class Execution:
         self.lock = lock
         self.reuse_from = reuse_from
         self.recompute = recompute or Recompute()  # elements a restart computes again
+        self.reuse_store = reuse_store  # the store, when any of its runs may give results
         self.log = StepLog(run_dir / "log.txt", prefix=f"[{run_dir.name}] ")
         self.thread = threading.Thread(
             target=self._main, name=f"parsl_flows-{run_dir.name}", daemon=False
@@ -178,6 +181,10 @@ class Execution:
             record.save(self.run_dir)
         except OSError as e:  # a full or read-only store: the log may still take it
             logger.error("run %s: cannot save run.json: %s", self.run_dir.name, e)
+        try:  # what later runs of the store may reuse (reuse="store")
+            index_run(self.run_dir)
+        except Exception:  # the results are in the store; a lookup builds the file later
+            logger.exception("run %s: reuse index", self.run_dir.name)
         if record.message and record.status != "finished":
             self.log(record.message)
         self.log(f"workflow {record.status}: exit code {record.exit_code}")
@@ -335,6 +342,7 @@ class Execution:
             context = RunContext(
                 self.keys, self.reuse_from, self.recompute, self.mapped, self.numbers_back,
                 self._save, self._check_stop, self._note_helpers, self._executor_for,
+                reuse_store=self.reuse_store,
             )  # fmt: skip
             step = StepExecution(context, self.step_dir(st), self.step_log(st))
             produced = step.execute(node, st, params)

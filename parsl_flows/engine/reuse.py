@@ -11,32 +11,55 @@ task files, a plain call) is linked as the new element's file.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ..element_folders import OWN, Locations, locate
+from ..files import write_bytes
 from ..ranges import common, compress, without
 from ..status import RunRecord
 from ..store import element_path, file_exists, is_intact, present_indices
+from .hashing import KEY_DTYPE
 
 if TYPE_CHECKING:
     from .step_index import StepIndex
 
 __all__ = [
+    "Reuse",
+    "check_reuse",
     "link_file",
     "matching_elements",
     "origin_step_dir",
     "present_elements",
     "reusable_elements",
+    "save_keys",
+    "say_damaged",
     "take_from_run",
+    "whole_elements",
 ]
 
 KEYS_FILE = "keys.npy"
+
+#: What a run may reuse: True, results of the run a restart comes from; "store", those and
+#: any earlier run's of the store; False, nothing.
+Reuse = bool | Literal["store"]
+
+
+def check_reuse(reuse: object) -> None:
+    """``reuse`` is True, False or "store"; anything else is refused before any work."""
+    if reuse is True or reuse is False or reuse == "store":
+        return
+    raise ValueError(
+        f"reuse={reuse!r} is not a choice: reuse=True (the default) takes results of the run "
+        "a restart comes from, reuse='store' those of any earlier run of the store too, "
+        "reuse=False none"
+    )
 
 
 def link_file(src: Path, dst: Path) -> None:
@@ -63,6 +86,37 @@ def origin_step_dir(origin_run: Path, step_name: str) -> Path | None:
     return None
 
 
+class KeyTable:
+    """Keys of a step's elements that have every output, sorted, with their elements: a
+    lookup of many keys is one binary search in numpy (``find``), not a loop in Python."""
+
+    def __init__(self, keys: np.ndarray, elements: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=KEY_DTYPE).reshape(-1)
+        elements = np.asarray(elements, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.elements = keys[order], elements[order]
+
+    @classmethod
+    def presorted(cls, keys: np.ndarray, elements: np.ndarray) -> KeyTable:
+        """A table of keys sorted already (``reuse_index`` stores them so)."""
+        table = cls.__new__(cls)
+        table.keys = np.asarray(keys, dtype=KEY_DTYPE).reshape(-1)
+        table.elements = np.asarray(elements, dtype=np.int64)
+        return table
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, wanted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of ``wanted_keys`` are in the table (a bool mask), and their elements."""
+        wanted_keys = np.asarray(wanted_keys, dtype=KEY_DTYPE).reshape(-1)
+        if not len(self.keys) or not len(wanted_keys):
+            return np.zeros(len(wanted_keys), dtype=bool), np.empty(0, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, wanted_keys), len(self.keys) - 1)
+        hit = self.keys[pos] == wanted_keys
+        return hit, self.elements[pos[hit]]
+
+
 def reusable_elements(
     origin_dir: Path,
     outputs: list[str],
@@ -80,44 +134,74 @@ def reusable_elements(
     stale listing misses is computed instead of reused, and one it lists that is gone
     fails ``is_intact``, which opens it, and is computed too.
     """
-    by_key, where = _old_elements(origin_dir, outputs)
-    if not by_key:
+    table, where = _old_elements(origin_dir, outputs)
+    if not len(table):
         return [], where
-    flat_new = keys.reshape(-1)
+    wanted = np.asarray(wanted, dtype=np.int64)
+    hit, old = table.find(np.atleast_1d(keys).reshape(-1)[wanted])
+    return whole_elements(where, wanted[hit], old, damaged), where
+
+
+def whole_elements(
+    where: dict[str, Locations],
+    new: np.ndarray,
+    old: np.ndarray,
+    damaged: list[Path] | None = None,
+) -> list[tuple[int, int]]:
+    """The ``(new, old)`` pairs whose old element has every output in a whole file (each
+    file opened once, see ``files.is_intact``); damaged files met go to ``damaged``."""
     intact: dict[Path, bool] = {}
-    damaged = [] if damaged is None else damaged
 
     def whole(path: Path) -> bool:
         if path not in intact:
             intact[path] = is_intact(path)
         return intact[path]
 
-    pairs = []
-    for n in wanted.tolist():
-        old = by_key.get(bytes(flat_new[n]))
-        if old is not None and all(whole(_file_of(loc, old)) for loc in where.values()):
-            pairs.append((n, old))
-    damaged.extend(path for path, ok in intact.items() if not ok)
-    return pairs, where
+    pairs = [
+        (n, o)
+        for n, o in zip(new.tolist(), old.tolist(), strict=True)
+        if all(whole(_file_of(loc, o)) for loc in where.values())
+    ]
+    if damaged is not None:
+        damaged.extend(path for path, ok in intact.items() if not ok)
+    return pairs
 
 
-def _old_elements(
-    origin_dir: Path, outputs: list[str]
-) -> tuple[dict[bytes, int], dict[str, Locations]]:
-    """The earlier run's elements that have every output, by key, and where they are."""
+def save_keys(step_dir: Path, keys: np.ndarray) -> None:
+    """Write a step's element keys (``keys.npy``) whole or not at all."""
+    buffer = io.BytesIO()
+    np.save(buffer, keys)
+    write_bytes(step_dir / KEYS_FILE, buffer.getvalue(), make_folder=False)
+
+
+def step_keys(step_dir: Path) -> np.ndarray | None:
+    """The reuse keys of a step's elements (flat, C order), or None (none were kept)."""
     try:
-        old_keys = np.load(origin_dir / KEYS_FILE)
-    except (FileNotFoundError, ValueError, OSError):
-        return {}, {}
-    flat_old = old_keys.reshape(-1)
-    where = {out: locate(origin_dir / "return_values" / out, flat_old.size) for out in outputs}
+        return np.atleast_1d(np.load(step_dir / KEYS_FILE)).reshape(-1)
+    except (FileNotFoundError, ValueError, OSError, EOFError):
+        return None
+
+
+def _old_elements(origin_dir: Path, outputs: list[str]) -> tuple[KeyTable, dict[str, Locations]]:
+    """The earlier run's elements that have every output, by key, and where they are."""
+    flat_old = step_keys(origin_dir)
+    if flat_old is None:
+        return KeyTable(np.empty(0, KEY_DTYPE), np.empty(0, np.int64)), {}
+    where, present = complete_elements(origin_dir, outputs, flat_old.size)
+    present = present[present < flat_old.size]
+    return KeyTable(flat_old[present], present), where
+
+
+def complete_elements(
+    step_dir: Path, outputs: Iterable[str], size: int
+) -> tuple[dict[str, Locations], np.ndarray]:
+    """Where a step's outputs are, and the elements that have every one of them."""
+    where = {out: locate(step_dir / "return_values" / out, size) for out in outputs}
     present: np.ndarray | None = None
     for loc in where.values():
         here = loc.present()
         present = here if present is None else common(present, here)
-    if present is None:
-        return {}, where
-    return {bytes(flat_old[i]): i for i in present.tolist() if i < flat_old.size}, where
+    return where, (np.empty(0, np.int64) if present is None else present)
 
 
 def matching_elements(
@@ -125,10 +209,10 @@ def matching_elements(
 ) -> np.ndarray:
     """The wanted elements an earlier run has under the same key, as far as its index and
     listings say (no file is opened: what a preview counts as reusable)."""
-    by_key, _ = _old_elements(origin_dir, outputs)
-    flat_new = np.atleast_1d(keys).reshape(-1)
-    found = [n for n in wanted.tolist() if bytes(flat_new[n]) in by_key]
-    return np.asarray(found, dtype=np.int64)
+    table, _ = _old_elements(origin_dir, outputs)
+    wanted = np.asarray(wanted, dtype=np.int64)
+    hit, _ = table.find(np.atleast_1d(keys).reshape(-1)[wanted])
+    return wanted[hit]
 
 
 def _file_of(loc: Locations, n: int) -> Path:
@@ -216,11 +300,18 @@ def take_from_run(
     missing = without(wanted, have)
     damaged: list[Path] = []
     pairs, where = reusable_elements(origin, outputs, np.atleast_1d(keys), missing, damaged)
+    say_damaged(damaged, where, log)
+    link_elements(origin, step_dir, where, pairs, index)
+    return len(pairs)
+
+
+def say_damaged(
+    damaged: list[Path], where: dict[str, Locations], log: Callable[[str], None] | None
+) -> None:
+    """Tell ``log`` of each damaged file of an earlier run met, and the elements it held."""
     for path in damaged:
         loc = where.get(path.parent.name)
         held = loc.held_by(path.name) if loc is not None else np.empty(0, np.int64)
         what = f"elements {compress(held)} of that run" if len(held) else "its element"
         if log is not None:
             log(f"{path} is damaged (truncated or overwritten): {what} are computed again")
-    link_elements(origin, step_dir, where, pairs, index)
-    return len(pairs)

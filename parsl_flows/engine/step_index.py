@@ -118,10 +118,13 @@ class StepIndex:
 
     def reused(self, origin_dir: Path, new: np.ndarray, old: np.ndarray) -> None:
         """Elements ``new`` are elements ``old`` of the step in ``origin_dir`` (a restart
-        links them): they keep the provenance that run recorded, if it did."""
+        links them): they keep the provenance that run recorded, if it did, and at least
+        which run computed them."""
         earlier = Provenance.read(origin_dir)
         if earlier is not None:
             self.provenance.take(earlier, new, old)
+        else:
+            self.provenance.came_from(origin_dir.parent.parent.name, new)
 
     def drop(self, indices: np.ndarray) -> None:
         """Elements ``indices`` are not to be read (damaged): computed again."""

@@ -23,7 +23,8 @@ from .environment import ExecutionEnvironment
 from .orchestrator import Execution, StepLog
 from .pickling import register_for_workers
 from .recompute import Recompute
-from .reuse import origin_step_dir
+from .reuse import Reuse, check_reuse, origin_step_dir
+from .reuse_index import forget_run
 from .slurm import cancel_jobs
 from .stopping import live_executions
 
@@ -38,7 +39,7 @@ def _new_run_id(name: str) -> str:
 
 
 def start(
-    builder: Builder, *, store: str | os.PathLike[str] | None = None, reuse: bool = True
+    builder: Builder, *, store: str | os.PathLike[str] | None = None, reuse: Reuse = True
 ) -> Execution:
     """Lay out a new run of ``builder`` in the store and start its execution (see
     ``flows.submit``, which wraps it in a ``Run``)."""
@@ -47,6 +48,7 @@ def start(
             f"submit() takes a built workflow, flows.workflow.build(flow.on(env), **inputs), "
             f"not {builder!r}"
         )
+    check_reuse(reuse)
     shapes = builder.validate()
     wf = builder.workflow
     _check_recompute(builder, shapes)
@@ -83,6 +85,7 @@ def start(
             outputs=list(node.outputs),
             mapspec=str(node.mapspec) if isinstance(node, Map) else None,
             max_restarts=node.max_restarts,
+            attrs={out: dict(a) for out, a in node.step.attrs.items()},
         )
         step_dir = run_dir / "steps" / st.dirname
         write_pickle(step_dir / "step.pickle", node.step)
@@ -104,6 +107,8 @@ def start(
     lock = RunLock(run_dir)
     lock.acquire(StepLog(run_dir / "log.txt"))
     origin = Path(builder.restarted_from) if reuse and builder.restarted_from else None
+    if reuse == "store":
+        StepLog(run_dir / "log.txt")("reusing results of any earlier run of the store")
     # Opened, not stat-ed: a cached stat may still show a run another host deleted.  (A
     # run another host made a moment ago may be missed: its results are computed again.)
     if origin is not None and not file_exists(origin / "run.json"):
@@ -114,7 +119,7 @@ def start(
         StepLog(run_dir / "log.txt")(f"recompute asked: {len(chosen)} elements of step {name}")
     execution = Execution(
         run_dir, wf, inputs, statuses, root / "parsl-runinfo", lock=lock, reuse_from=origin,
-        recompute=recompute,
+        recompute=recompute, reuse_store=root if reuse == "store" else None,
     )  # fmt: skip
     execution.start()
     return execution
@@ -182,6 +187,7 @@ def resume(run_dir: Path) -> Execution | None:
     record.driver_host = socket.gethostname()
     record.save(run_dir)
     log(f"resuming in pid {os.getpid()}: only what is not in the store is computed")
+    forget_run(run_dir)  # the run changes now: lookups skip it until it ends again
     root = run_dir.parents[1]
     execution = Execution(run_dir, plan, inputs, statuses, root / "parsl-runinfo", lock=lock)
     execution.start()
