@@ -343,3 +343,40 @@ def test_an_element_only_beside_the_culprit_runs_again_alone_and_succeeds(
     assert "no --mem" in str(s.outputs.exception[1])
     assert s.attempts[0]["out_of_memory"] == 2, log  # both were lost with the block
     assert s.record.element_attempts == {"2": "0-1"}
+
+
+AFTER_THE_STORE_WENT = """
+import shutil, sys
+sys.path.insert(0, sys.argv[3])
+import seed_flows as seed
+import parsl_flows as flows
+from parsl_flows.workflow import new_workflow
+
+first, second = sys.argv[1], sys.argv[2]
+local = flows.engine.execution_environment(None, "localhost")
+flow = new_workflow("first").then(seed.make_geometry)
+r = flows.run(flows.workflow.build(flow.on(local), x=1.0, y=2.0), store=first)
+print("first", r.status, flush=True)
+shutil.rmtree(first, ignore_errors=True)  # Parsl's own folder goes with it
+slurm = flows.engine.execution_environment(None, "localcluster", queue=("debug", 2))
+flow = new_workflow("second").then(seed.make_geometry)
+r = flows.submit(flows.workflow.build(flow.on(slurm), x=1.0, y=3.0), store=second).wait(200)
+print("second", r.status, flush=True)
+"""
+
+
+def test_a_slurm_run_after_the_store_parsl_started_in_was_deleted_does_not_hang(tmp_path):
+    """A notebook runs locally, deletes that store (Parsl's folder was in it), then runs on
+    Slurm: the local blocks' state cannot be read any more, which must not stop Parsl from
+    polling, and so starting, the Slurm executor's blocks."""
+    script = tmp_path / "after.py"
+    script.write_text(AFTER_THE_STORE_WENT)
+    here = str(Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"), here],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[:2] == ["first finished", "second finished"], out.stderr[-3000:]

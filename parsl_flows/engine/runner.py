@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,42 @@ def _guard(executors: Sequence[ParslExecutor]) -> None:
             "interchange.py"
         ]:
             ex.interchange_launch_cmd = launch_command()
+
+
+def _poll_safely(executors: Sequence[ParslExecutor]) -> None:
+    """Keep one executor's failing status poll from stopping Parsl's polling of all.
+
+    Parsl's job status poller asks each executor's provider for its blocks in one loop:
+    an exception from one (a local provider whose blocks' files went with a deleted store:
+    ``FileNotFoundError`` on every poll) ends that poll for every executor after it, whose
+    blocks are then never started, and a run on them waits for ever.  Such a provider's
+    blocks read as unknown instead, and it is said once.
+    """
+    for ex in executors:
+        provider = getattr(ex, "provider", None)
+        if provider is not None and not isinstance(provider.status, _SafeStatus):
+            provider.status = _SafeStatus(provider.status, ex.label)
+
+
+class _SafeStatus:
+    """A provider's ``status``, giving unknown states where the provider raises OSError."""
+
+    def __init__(self, status: Callable[[Any], Any], label: str) -> None:
+        self.status, self.label, self.said = status, label, False
+
+    def __call__(self, job_ids: Any) -> Any:
+        from parsl.jobs.states import JobState, JobStatus
+
+        try:
+            return self.status(job_ids)
+        except OSError as e:
+            if not self.said:
+                self.said = True
+                logger.warning(
+                    "executor %s cannot read the state of its blocks (%s): taken as unknown, "
+                    "so that other executors are still polled", self.label, e,
+                )  # fmt: skip
+            return [JobStatus(JobState.UNKNOWN, f"state unreadable: {e}") for _ in job_ids]
 
 
 def _prepare_process_environment() -> None:
@@ -94,6 +130,7 @@ class Runner:
             _prepare_process_environment()
             config = env.config()
             _guard(config.executors)
+            _poll_safely(config.executors)
             if self._dfk is None:
                 if config.run_dir == "runinfo":  # Parsl's default: keep it out of the cwd
                     config.run_dir = str(run_dir)
@@ -134,6 +171,7 @@ class Runner:
                 label = f"{env.name}-{resources.label()}"
                 executor = env.make_executor(resources, label)
                 _guard([executor])
+                _poll_safely([executor])
                 label = self._add(executor, label)
                 logger.info("added executor %s for resources %s", label, resources.as_dict())
                 self._class_labels[key] = label
@@ -150,6 +188,9 @@ class Runner:
             n += 1
             unique = f"{label}-{n}"
         executor.label = unique
+        # The kernel's folder went with the store it was started in (deleted since): a new
+        # executor's logs, scripts and its blocks' worker logs go under it.
+        os.makedirs(self._dfk.run_dir, exist_ok=True)
         self._dfk.add_executors([executor])
         return unique
 
