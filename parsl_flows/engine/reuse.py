@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ..element_folders import OWN, Locations, locate
+from ..element_folders import NONE, OWN, Locations, locate
 from ..files import write_bytes
 from ..ranges import common, compress, without
 from ..status import RunRecord
@@ -39,6 +39,7 @@ __all__ = [
     "present_elements",
     "reusable_elements",
     "save_keys",
+    "search_sorted",
     "say_damaged",
     "take_from_run",
     "whole_elements",
@@ -96,25 +97,23 @@ class KeyTable:
         order = np.argsort(keys, kind="stable")
         self.keys, self.elements = keys[order], elements[order]
 
-    @classmethod
-    def presorted(cls, keys: np.ndarray, elements: np.ndarray) -> KeyTable:
-        """A table of keys sorted already (``reuse_index`` stores them so)."""
-        table = cls.__new__(cls)
-        table.keys = np.asarray(keys, dtype=KEY_DTYPE).reshape(-1)
-        table.elements = np.asarray(elements, dtype=np.int64)
-        return table
-
     def __len__(self) -> int:
         return len(self.keys)
 
     def find(self, wanted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Which of ``wanted_keys`` are in the table (a bool mask), and their elements."""
-        wanted_keys = np.asarray(wanted_keys, dtype=KEY_DTYPE).reshape(-1)
-        if not len(self.keys) or not len(wanted_keys):
-            return np.zeros(len(wanted_keys), dtype=bool), np.empty(0, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, wanted_keys), len(self.keys) - 1)
-        hit = self.keys[pos] == wanted_keys
-        return hit, self.elements[pos[hit]]
+        hit, pos = search_sorted(self.keys, wanted_keys)
+        return hit, self.elements[pos]
+
+
+def search_sorted(keys: np.ndarray, wanted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``wanted_keys`` are in the sorted ``keys`` (a bool mask), and where."""
+    wanted_keys = np.asarray(wanted_keys, dtype=KEY_DTYPE).reshape(-1)
+    if not len(keys) or not len(wanted_keys):
+        return np.zeros(len(wanted_keys), dtype=bool), np.empty(0, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(keys, wanted_keys), len(keys) - 1)
+    hit = keys[pos] == wanted_keys
+    return hit, pos[hit]
 
 
 def reusable_elements(
@@ -149,22 +148,30 @@ def whole_elements(
     damaged: list[Path] | None = None,
 ) -> list[tuple[int, int]]:
     """The ``(new, old)`` pairs whose old element has every output in a whole file (each
-    file opened once, see ``files.is_intact``); damaged files met go to ``damaged``."""
-    intact: dict[Path, bool] = {}
-
-    def whole(path: Path) -> bool:
-        if path not in intact:
-            intact[path] = is_intact(path)
-        return intact[path]
-
-    pairs = [
-        (n, o)
-        for n, o in zip(new.tolist(), old.tolist(), strict=True)
-        if all(whole(_file_of(loc, o)) for loc in where.values())
-    ]
+    file opened once, see ``files.is_intact``); damaged files met go to ``damaged``.
+    Whole arrays at a time: a task file holds many elements, checked once for them all."""
+    new, old = np.asarray(new, dtype=np.int64), np.asarray(old, dtype=np.int64)
+    ok = np.ones(len(old), dtype=bool)
+    bad: list[Path] = []
+    for loc in where.values():
+        if not loc.size:
+            ok[:] = False
+            continue
+        files = np.where(old < loc.size, loc.file[np.minimum(old, loc.size - 1)], NONE)
+        ok &= files != NONE
+        for k in np.unique(files[files >= 0]).tolist():
+            path = loc.folder / loc.names[k]
+            if not is_intact(path):
+                ok[files == k] = False
+                bad.append(path)
+        for j in np.flatnonzero(ok & (files == OWN)).tolist():
+            path = element_path(loc.folder, int(old[j]))
+            if not is_intact(path):
+                ok[j] = False
+                bad.append(path)
     if damaged is not None:
-        damaged.extend(path for path, ok in intact.items() if not ok)
-    return pairs
+        damaged.extend(bad)
+    return list(zip(new[ok].tolist(), old[ok].tolist(), strict=True))
 
 
 def save_keys(step_dir: Path, keys: np.ndarray) -> None:
@@ -213,11 +220,6 @@ def matching_elements(
     wanted = np.asarray(wanted, dtype=np.int64)
     hit, _ = table.find(np.atleast_1d(keys).reshape(-1)[wanted])
     return wanted[hit]
-
-
-def _file_of(loc: Locations, n: int) -> Path:
-    k = int(loc.file[n])
-    return element_path(loc.folder, n) if k == OWN else loc.folder / loc.names[k]
 
 
 def link_elements(

@@ -18,7 +18,7 @@ each, and builds the file of every run that has none and is not running (lost, a
 killed driver, a run older than the index) from that run's folders, once; ``python -m
 parsl_flows reindex`` rebuilds them all.  It then reads, newest run first, only the
 matching steps' arrays of each file, and searches the wanted keys in them (numpy's
-binary search: ``KeyTable``).
+binary search: ``reuse.search_sorted``), reading a step's elements only where a key is there.
 
 Right with several drivers at once: each run's file is written by its own driver only
 (or rebuilt, identically, by whoever looks first), whole, under a temporary name then
@@ -54,6 +54,7 @@ from .reuse import (
     link_elements,
     present_elements,
     say_damaged,
+    search_sorted,
     step_keys,
     whole_elements,
 )
@@ -190,10 +191,15 @@ class _RunFile:
         self._zip = np.load(self.path, allow_pickle=False)
         return self._zip
 
-    def table(self, i: int) -> KeyTable:
+    def find(self, i: int, wanted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of ``wanted_keys`` step ``i`` has (a bool mask), and their elements; its
+        elements are read only when some key is there."""
         data = self._arrays if self._arrays is not None else self._zip
         assert data is not None
-        return KeyTable.presorted(data[f"keys_{i}"], data[f"elements_{i}"])
+        hit, pos = search_sorted(data[f"keys_{i}"], wanted_keys)
+        if not len(pos):
+            return hit, pos
+        return hit, np.asarray(data[f"elements_{i}"], dtype=np.int64)[pos]
 
     def close(self) -> None:
         if self._zip is not None:
@@ -252,7 +258,7 @@ def find_in_store(
                 for i, (k, outs) in enumerate(zip(run_file.kinds, run_file.outputs, strict=True)):
                     if not len(left) or k != kind or outs != tuple(outputs):
                         continue
-                    hit, old = run_file.table(i).find(flat[left])
+                    hit, old = run_file.find(i, flat[left])
                     if hit.any():
                         step_dir = root / "runs" / run_file.run_id / "steps" / run_file.steps[i]
                         found.append(Found(run_file.run_id, step_dir, left[hit], old))
