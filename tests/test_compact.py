@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from typing import IO, Any
 import legacy_flow
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import cli, extract_tarball
 
 import parsl_flows as flows
 from parsl_flows.compact import CompactRefused, compact_run, count_files
@@ -69,8 +68,7 @@ print("done", flush=True)
 
 def extract(where: Path) -> Path:
     """The tarball's store in ``where`` (files' times kept: the numbers files count them)."""
-    with tarfile.open(TARBALL) as tar:
-        tar.extractall(where, filter="data")
+    extract_tarball(TARBALL, where)
     return where / "store"
 
 

@@ -14,13 +14,13 @@ import collections
 import logging
 import math
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import legacy_flow
 import numpy as np
 import pytest
+from helpers import extract_tarball
 
 import parsl_flows as flows
 
@@ -34,8 +34,7 @@ TIMEOUT = 120
 @pytest.fixture
 def legacy_store(tmp_path: Path) -> Path:
     """The tarball's store, in a fresh folder: runs hold no absolute path that matters."""
-    with tarfile.open(TARBALL) as tar:
-        tar.extractall(tmp_path / "legacy", filter="data")  # keeps the files' times
+    extract_tarball(TARBALL, tmp_path / "legacy")  # keeps the files' times
     return tmp_path / "legacy" / "store"
 
 

@@ -9,13 +9,12 @@ then the pictures drawn from them (matplotlib's Agg backend: no display).
 from __future__ import annotations
 
 import sys
-import tarfile
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
-from helpers import assert_usage_error, cli
+from helpers import assert_usage_error, cli, extract_tarball
 
 import parsl_flows as flows
 from parsl_flows import step
@@ -170,8 +169,7 @@ def test_a_plain_step_or_a_map_without_elements_has_no_picture(runs, local_env, 
 def test_runs_written_one_file_per_element_read_too(tmp_path: Path) -> None:
     # Written before task files (tests/data, see tests/legacy_flow.py): no reuse to tell
     # apart, but every other category is there.
-    with tarfile.open(Path(__file__).parent / "data" / "legacy-store-v1.tar.gz") as tar:
-        tar.extractall(tmp_path, filter="data")
+    extract_tarball(Path(__file__).parent / "data" / "legacy-store-v1.tar.gz", tmp_path)
     run = flows.load_run(tmp_path / "store" / "runs" / "20261205-173041-legacy-a66ed5")
     square_outcome = outcome_categories(run.step("square")).values.tolist()
     assert square_outcome == ["failed: ValueError" if x in (3, 8) else OK for x in range(12)]
