@@ -102,7 +102,7 @@ def preview(
     wf, inputs = builder.workflow, dict(builder.kwargs)
     shapes = builder.validate()
     origin = Path(builder.restarted_from) if reuse and builder.restarted_from else None
-    lookup = _StoreLookup(default_store(store)) if reuse == "store" else None
+    lookup = default_store(store) if reuse == "store" else None  # the store's reuse index
     keys, mapped = KeyBook(), MappedInputs()
     for name, value in inputs.items():
         keys.value[name], _ = value_key(value)
@@ -141,15 +141,8 @@ def preview(
                     mapped.remember(path, _UNKNOWN)
     what = f"restart of run {origin.name}" if origin is not None else "new run"
     if lookup is not None:
-        what += f", reusing from the store {lookup.root}"
+        what += f", reusing from the store {lookup}"
     return Preview(what, rows)
-
-
-@dataclass
-class _StoreLookup:
-    """``reuse="store"``: where to look (the store's reuse index, read and never written)."""
-
-    root: Path
 
 
 _UNKNOWN = object()
@@ -163,7 +156,7 @@ def _preview_node(
     keys: KeyBook,
     mapped: MappedInputs,
     recompute: Recompute,
-    lookup: _StoreLookup | None = None,
+    lookup: Path | None = None,  # reuse="store": the store whose index is read, never written
 ) -> StepPreview:
     def value_of(src: Source) -> Any:
         value = mapped.value(src)
@@ -214,9 +207,7 @@ def _preview_node(
             row.taken_from = origin_dir
     if lookup is not None and node_keys is not None:
         rest = without(without(wanted, forced), reused)
-        found = find_in_store(
-            lookup.root, None, kind, tuple(node.outputs), node_keys, rest, write=False
-        )
+        found = find_in_store(lookup, None, kind, tuple(node.outputs), node_keys, rest, write=False)
         runs = [origin.name] if len(reused) and origin is not None else []
         for f in found:
             reused = np.union1d(reused, f.new)
